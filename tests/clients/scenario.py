@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Runs one client scenario against a Kafka endpoint (a broker or the proxy).
+
+    scenario.py --client {confluent,kafka-python,aiokafka} --bootstrap HOST:PORT \
+        --scenario {admin,compression,groups,idempotent,metadata,roundtrip} \
+        [--topic-prefix P] [--security-protocol PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL] \
+        [--ca-file F] [--sasl-mechanism M --sasl-username U --sasl-password P] \
+        [--oauth-token-endpoint URL --oauth-client-id ID --oauth-client-secret S] \
+        [--timeout SECONDS]
+
+On success prints one JSON line to stdout and exits 0. On failure prints the
+reason to stderr and exits 1. A watchdog ends the process if the scenario
+overruns its time limit, so a caller never waits forever.
+
+Run it with the interpreter of the venv made by scripts/install-stack
+($KAFKA_GUARD_PYTHON after `source scripts/stack-env`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import (  # noqa: E402
+    CLIENTS, RECENT_LOG, SASL_MECHANISMS, SCENARIOS, SECURITY_PROTOCOLS, Options, ScenarioFailure,
+    capture_client_logs, new_run_id,
+)
+
+MODULES = {
+    "confluent": "confluent_scenarios",
+    "kafka-python": "kafka_python_scenarios",
+    "aiokafka": "aiokafka_scenarios",
+}
+
+# Extra time past --timeout before the watchdog kills the process; lets the
+# scenario's own deadline report a precise reason first.
+WATCHDOG_GRACE_S = 15.0
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--client", required=True, choices=CLIENTS)
+    p.add_argument("--bootstrap", required=True, help="HOST:PORT")
+    p.add_argument("--scenario", required=True, choices=SCENARIOS)
+    p.add_argument("--topic-prefix", default="scenario")
+    p.add_argument("--security-protocol", default="PLAINTEXT", choices=SECURITY_PROTOCOLS,
+                   type=str.upper)
+    p.add_argument("--ca-file", help="PEM CA bundle to verify the server certificate")
+    p.add_argument("--sasl-mechanism", choices=SASL_MECHANISMS, type=str.upper)
+    p.add_argument("--sasl-username")
+    p.add_argument("--sasl-password")
+    p.add_argument("--oauth-token-endpoint", help="OAUTHBEARER: client_credentials token URL")
+    p.add_argument("--oauth-client-id")
+    p.add_argument("--oauth-client-secret")
+    p.add_argument("--oauth-scope")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="overall time limit in seconds (default 60)")
+    p.add_argument("--verbose", action="store_true", help="client library debug logging")
+    a = p.parse_args(argv)
+
+    if a.security_protocol.startswith("SASL"):
+        if not a.sasl_mechanism:
+            p.error("--security-protocol %s needs --sasl-mechanism" % a.security_protocol)
+        if a.sasl_mechanism == "OAUTHBEARER":
+            if not a.oauth_token_endpoint:
+                p.error("OAUTHBEARER needs --oauth-token-endpoint")
+        elif a.sasl_username is None or a.sasl_password is None:
+            p.error("%s needs --sasl-username and --sasl-password" % a.sasl_mechanism)
+    if a.verbose:
+        logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
+
+    return Options(
+        client=a.client, bootstrap=a.bootstrap, scenario=a.scenario,
+        topic_prefix=a.topic_prefix, security_protocol=a.security_protocol,
+        ca_file=a.ca_file, sasl_mechanism=a.sasl_mechanism,
+        sasl_username=a.sasl_username, sasl_password=a.sasl_password,
+        oauth_token_endpoint=a.oauth_token_endpoint, oauth_client_id=a.oauth_client_id,
+        oauth_client_secret=a.oauth_client_secret, oauth_scope=a.oauth_scope,
+        timeout_s=a.timeout, run_id=new_run_id(),
+    ), a.verbose
+
+
+def start_watchdog(opts: Options) -> None:
+    limit = opts.timeout_s + WATCHDOG_GRACE_S
+
+    def fire():
+        sys.stderr.write("FAIL %s/%s: no result after %.0fs; aborting\n"
+                         % (opts.client, opts.scenario, limit))
+        report_client_log()
+        sys.stderr.flush()
+        os._exit(1)
+
+    t = threading.Timer(limit, fire)
+    t.daemon = True
+    t.start()
+
+
+def report_client_log() -> None:
+    if RECENT_LOG.lines:
+        sys.stderr.write("  last client warnings/errors:\n")
+        for line in RECENT_LOG.lines:
+            sys.stderr.write("    %s\n" % line)
+
+
+def main(argv=None) -> int:
+    opts, verbose = parse_args(sys.argv[1:] if argv is None else argv)
+    capture_client_logs(("kafka", "aiokafka", "librdkafka"), verbose)
+    start_watchdog(opts)
+    started = time.monotonic()
+    try:
+        module = importlib.import_module(MODULES[opts.client])
+        details = module.run(opts)
+    except ScenarioFailure as e:
+        sys.stderr.write("FAIL %s/%s: %s\n" % (opts.client, opts.scenario, e))
+        report_client_log()
+        return 1
+    except Exception as e:
+        sys.stderr.write("FAIL %s/%s: unexpected %s: %s\n"
+                         % (opts.client, opts.scenario, type(e).__name__, e))
+        if verbose:
+            traceback.print_exc()
+        else:
+            sys.stderr.write("".join(traceback.format_exception(type(e), e, e.__traceback__)[-3:]))
+        report_client_log()
+        return 1
+    out = {
+        "ok": True,
+        "client": opts.client,
+        "scenario": opts.scenario,
+        "bootstrap": opts.bootstrap,
+        "security_protocol": opts.security_protocol,
+        "elapsed_s": round(time.monotonic() - started, 3),
+    }
+    out.update(details or {})
+    sys.stdout.write(json.dumps(out, sort_keys=True) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Client libraries may leave non-daemon threads behind after a failure;
+    # never let them keep the process alive.
+    os._exit(code)
