@@ -1,0 +1,301 @@
+//! The command line, environment variables and `--config` file, merged into a [`Config`].
+//!
+//! A flag or environment variable overrides the same setting in the file. Every problem is
+//! collected and reported together, so a bad deployment fails once with the whole list.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::config::{ClientTls, Config, DEFAULT_MAX_FRAME_BYTES, UpstreamTls};
+
+/// Kafka-protocol proxy: clients change only `bootstrap.servers`.
+///
+/// wire-guard listens on a bootstrap port and on one port per upstream broker
+/// (port = --broker-port-base + node id), rewrites every broker address the cluster hands out
+/// so clients only ever see the proxy, and advertises only protocol versions it can decode.
+#[derive(Debug, Parser)]
+#[command(name = "wire-guard", version, about, long_about)]
+pub struct Args {
+    /// Upstream bootstrap servers, HOST:PORT[,HOST:PORT...], tried in order.
+    #[arg(long, env = "WIRE_GUARD_UPSTREAM", value_delimiter = ',')]
+    pub upstream: Vec<String>,
+    /// Bootstrap listener, HOST:PORT. Broker listeners bind the same host.
+    #[arg(long, env = "WIRE_GUARD_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Host name clients are given for every broker. Defaults to the --listen address, which
+    /// must then be a specific IP (not 0.0.0.0).
+    #[arg(long, env = "WIRE_GUARD_ADVERTISED_HOST")]
+    pub advertised_host: Option<String>,
+    /// Proxy port of broker node 0; node N listens on this + N. Default: the --listen port + 1.
+    #[arg(long, env = "WIRE_GUARD_BROKER_PORT_BASE")]
+    pub broker_port_base: Option<u16>,
+    /// Directory of YAML policy files, validated at startup.
+    #[arg(long, env = "WIRE_GUARD_POLICIES")]
+    pub policies: Option<PathBuf>,
+    /// YAML file with any of the settings below; flags and environment variables override it.
+    #[arg(long, env = "WIRE_GUARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Admin endpoint for /metrics, /healthz and /readyz, HOST:PORT.
+    #[arg(long, env = "WIRE_GUARD_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Largest frame accepted from either side, in bytes [default: 104857600].
+    #[arg(long, env = "WIRE_GUARD_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+    /// PEM certificate chain presented to clients; enables TLS on every listener.
+    #[arg(long, env = "WIRE_GUARD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "WIRE_GUARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle; clients must then present a certificate it signed.
+    #[arg(long, env = "WIRE_GUARD_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// PEM CA bundle trusted for the upstream; enables TLS towards the brokers.
+    #[arg(long, env = "WIRE_GUARD_UPSTREAM_TLS_CA")]
+    pub upstream_tls_ca: Option<PathBuf>,
+    /// PEM client certificate presented to the upstream brokers.
+    #[arg(
+        long,
+        env = "WIRE_GUARD_UPSTREAM_TLS_CERT",
+        requires = "upstream_tls_key"
+    )]
+    pub upstream_tls_cert: Option<PathBuf>,
+    /// PEM private key for --upstream-tls-cert.
+    #[arg(
+        long,
+        env = "WIRE_GUARD_UPSTREAM_TLS_KEY",
+        requires = "upstream_tls_cert"
+    )]
+    pub upstream_tls_key: Option<PathBuf>,
+    /// Seconds shutdown waits for in-flight requests [default: 30].
+    #[arg(long, env = "WIRE_GUARD_DRAIN_TIMEOUT_SECS")]
+    pub drain_timeout_secs: Option<u64>,
+    /// Log format: text or json.
+    #[arg(long, env = "WIRE_GUARD_LOG_FORMAT", default_value = "text")]
+    pub log_format: shared::telemetry::LogFormat,
+}
+
+/// The `--config` file: the same settings as the flags, in snake_case.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    upstream: Option<Vec<String>>,
+    listen: Option<SocketAddr>,
+    advertised_host: Option<String>,
+    broker_port_base: Option<u16>,
+    policies: Option<PathBuf>,
+    admin_listen: Option<SocketAddr>,
+    max_frame_bytes: Option<usize>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    upstream_tls_ca: Option<PathBuf>,
+    upstream_tls_cert: Option<PathBuf>,
+    upstream_tls_key: Option<PathBuf>,
+    drain_timeout_secs: Option<u64>,
+}
+
+/// A resolved command line: where to listen, and the configuration to run with.
+#[derive(Debug)]
+pub struct Resolved {
+    pub listen: SocketAddr,
+    pub config: Config,
+}
+
+impl Args {
+    /// Merges flags over the config file and validates the result, listing every problem.
+    pub fn resolve(self) -> Result<Resolved, Vec<String>> {
+        let mut errors = Vec::new();
+        let file = match &self.config {
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) => serde_saphyr::from_str::<FileConfig>(&text).unwrap_or_else(|e| {
+                    errors.push(format!("{}: {e}", path.display()));
+                    FileConfig::default()
+                }),
+                Err(e) => {
+                    errors.push(format!("{}: {e}", path.display()));
+                    FileConfig::default()
+                }
+            },
+            None => FileConfig::default(),
+        };
+
+        let upstreams = if self.upstream.is_empty() {
+            file.upstream.unwrap_or_default()
+        } else {
+            self.upstream
+        };
+        if upstreams.is_empty() {
+            errors.push(
+                "no upstream: set --upstream HOST:PORT (or upstream: in the config file)".into(),
+            );
+        }
+        for u in &upstreams {
+            let valid = u
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !valid {
+                errors.push(format!("upstream {u:?} is not HOST:PORT"));
+            }
+        }
+
+        let listen = self.listen.or(file.listen);
+        if listen.is_none() {
+            errors.push("no listen address: set --listen HOST:PORT".into());
+        }
+        let advertised_host = self.advertised_host.or(file.advertised_host).or_else(|| {
+            listen
+                .filter(|l| !l.ip().is_unspecified())
+                .map(|l| l.ip().to_string())
+        });
+        if advertised_host.is_none() && listen.is_some() {
+            errors.push(
+                "--listen is a wildcard address: set --advertised-host to the name clients use"
+                    .into(),
+            );
+        }
+        let broker_port_base = self.broker_port_base.or(file.broker_port_base);
+        if broker_port_base.is_none() && listen.is_some_and(|l| l.port() == 0) {
+            errors.push("--listen port 0 needs an explicit --broker-port-base".into());
+        }
+
+        let max_frame_bytes = self
+            .max_frame_bytes
+            .or(file.max_frame_bytes)
+            .unwrap_or(DEFAULT_MAX_FRAME_BYTES);
+        if max_frame_bytes < 64 {
+            errors.push(format!(
+                "max frame bytes {max_frame_bytes} is too small to carry a request"
+            ));
+        }
+
+        let client_tls = match (
+            self.tls_cert.or(file.tls_cert),
+            self.tls_key.or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(ClientTls {
+                cert,
+                key,
+                client_ca: self.tls_client_ca.or(file.tls_client_ca),
+            }),
+            (None, None) => None,
+            _ => {
+                errors.push("tls_cert and tls_key must be set together".into());
+                None
+            }
+        };
+        let identity = match (
+            self.upstream_tls_cert.or(file.upstream_tls_cert),
+            self.upstream_tls_key.or(file.upstream_tls_key),
+        ) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                errors.push("upstream_tls_cert and upstream_tls_key must be set together".into());
+                None
+            }
+        };
+        let upstream_tls = match self.upstream_tls_ca.or(file.upstream_tls_ca) {
+            Some(ca) => Some(UpstreamTls { ca, identity }),
+            None if identity.is_some() => {
+                errors.push("an upstream client certificate needs --upstream-tls-ca".into());
+                None
+            }
+            None => None,
+        };
+
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let (Some(listen), Some(advertised_host)) = (listen, advertised_host) else {
+            return Err(vec!["listen address missing".into()]);
+        };
+        let mut config = Config::new(upstreams, advertised_host);
+        config.broker_port_base = broker_port_base;
+        config.admin_listen = self.admin_listen.or(file.admin_listen);
+        config.max_frame_bytes = max_frame_bytes;
+        config.client_tls = client_tls;
+        config.upstream_tls = upstream_tls;
+        config.policies = self.policies.or(file.policies);
+        if let Some(secs) = self.drain_timeout_secs.or(file.drain_timeout_secs) {
+            config.drain_timeout = Duration::from_secs(secs);
+        }
+        Ok(Resolved { listen, config })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Resolved, Vec<String>> {
+        Args::try_parse_from(std::iter::once("wire-guard").chain(args.iter().copied()))
+            .expect("flags parse")
+            .resolve()
+    }
+
+    #[test]
+    fn minimal_command_line() {
+        let r = parse(&[
+            "--upstream",
+            "b1:9092,b2:9092",
+            "--listen",
+            "127.0.0.1:19092",
+        ])
+        .unwrap();
+        assert_eq!(r.config.upstreams, ["b1:9092", "b2:9092"]);
+        assert_eq!(r.config.advertised_host, "127.0.0.1");
+        assert_eq!(r.config.broker_port_base, None);
+    }
+
+    #[test]
+    fn every_problem_is_listed_at_once() {
+        let errors = parse(&["--upstream", "nohost", "--listen", "0.0.0.0:0"]).unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("\"nohost\" is not HOST:PORT")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.contains("--advertised-host")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.contains("--broker-port-base")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn config_file_is_overridden_by_flags_and_rejects_unknown_keys() {
+        let dir = std::env::temp_dir().join(format!("wg-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.yaml");
+        std::fs::write(
+            &good,
+            "upstream: [\"a:1\"]\nlisten: 127.0.0.1:9000\nadvertised_host: proxy.example\ndrain_timeout_secs: 5\n",
+        )
+        .unwrap();
+        let r = parse(&["--config", good.to_str().unwrap(), "--upstream", "b:2"]).unwrap();
+        assert_eq!(r.config.upstreams, ["b:2"]);
+        assert_eq!(r.config.advertised_host, "proxy.example");
+        assert_eq!(r.config.drain_timeout, Duration::from_secs(5));
+
+        let bad = dir.join("bad.yaml");
+        std::fs::write(
+            &bad,
+            "upstream: [\"a:1\"]\nlisten: 127.0.0.1:9000\nlisten_port: 3\n",
+        )
+        .unwrap();
+        let errors = parse(&["--config", bad.to_str().unwrap()]).unwrap_err();
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("bad.yaml") && e.contains("listen_port")),
+            "{errors:?}"
+        );
+    }
+}

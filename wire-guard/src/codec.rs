@@ -1,0 +1,119 @@
+//! Decoding a response the proxy must change, and encoding it back into a frame.
+
+use bytes::Bytes;
+use kafka_protocol::{
+    messages::{ApiKey, ResponseHeader},
+    protocol::{Decodable, Encodable},
+};
+
+use crate::{
+    error::{Error, Side},
+    frame::{self, Frame},
+    sasl::api_name,
+};
+
+fn malformed(key: ApiKey, version: i16) -> impl Fn(anyhow::Error) -> Error {
+    move |e| Error::Malformed {
+        side: Side::Upstream,
+        api: api_name(key),
+        version,
+        reason: e.to_string(),
+    }
+}
+
+/// Decodes a response body (header skipped) without changing anything.
+pub fn decode_response<M: Decodable>(frame: &Frame, key: ApiKey, version: i16) -> Result<M, Error> {
+    let mut buf: Bytes = frame.payload();
+    ResponseHeader::decode(&mut buf, key.response_header_version(version))
+        .map_err(malformed(key, version))?;
+    M::decode(&mut buf, version).map_err(malformed(key, version))
+}
+
+/// Decodes a response, lets `edit` change it, and encodes it back with the same header.
+pub fn transcode<M: Decodable + Encodable>(
+    frame: &Frame,
+    key: ApiKey,
+    version: i16,
+    edit: impl FnOnce(&mut M) -> Result<(), Error>,
+) -> Result<Frame, Error> {
+    let header_version = key.response_header_version(version);
+    let mut buf: Bytes = frame.payload();
+    let header =
+        ResponseHeader::decode(&mut buf, header_version).map_err(malformed(key, version))?;
+    let mut body = M::decode(&mut buf, version).map_err(malformed(key, version))?;
+    edit(&mut body)?;
+    encode_response(&header, &body, key, version, frame.len())
+}
+
+/// Encodes a response header and body into a frame.
+pub fn encode_response<M: Encodable>(
+    header: &ResponseHeader,
+    body: &M,
+    key: ApiKey,
+    version: i16,
+    size_hint: usize,
+) -> Result<Frame, Error> {
+    let header_version = key.response_header_version(version);
+    frame::build(size_hint, |buf| {
+        header.encode(buf, header_version)?;
+        body.encode(buf, version)
+    })
+    .map_err(|e| Error::Malformed {
+        side: Side::Upstream,
+        api: api_name(key),
+        version,
+        reason: format!("cannot re-encode: {e}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use kafka_protocol::{
+        messages::{MetadataResponse, metadata_response::MetadataResponseBroker},
+        protocol::StrBytes,
+    };
+
+    use super::*;
+
+    #[test]
+    fn transcode_round_trips_and_applies_the_edit_across_versions() {
+        for version in 0..=13 {
+            let mut header = ResponseHeader::default();
+            header.correlation_id = 7;
+            let mut body = MetadataResponse::default();
+            let mut broker = MetadataResponseBroker::default();
+            broker.host = StrBytes::from_static_str("upstream-host");
+            broker.port = 9092;
+            body.brokers.push(broker);
+            let original = encode_response(&header, &body, ApiKey::Metadata, version, 64).unwrap();
+            let edited = transcode::<MetadataResponse>(&original, ApiKey::Metadata, version, |m| {
+                m.brokers[0].host = StrBytes::from_static_str("proxy");
+                Ok(())
+            })
+            .unwrap();
+            let back: MetadataResponse =
+                decode_response(&edited, ApiKey::Metadata, version).unwrap();
+            assert_eq!(&*back.brokers[0].host, "proxy", "v{version}");
+            assert_eq!(back.brokers[0].port, 9092);
+            assert_eq!(&edited.payload()[..4], &7i32.to_be_bytes());
+        }
+    }
+
+    #[test]
+    fn truncated_response_is_malformed_not_a_panic() {
+        let header = ResponseHeader::default();
+        let mut body = MetadataResponse::default();
+        body.brokers.push(MetadataResponseBroker::default());
+        let whole = encode_response(&header, &body, ApiKey::Metadata, 12, 64).unwrap();
+        for cut in 4..whole.len() {
+            let mut bytes = whole.wire().slice(..cut).to_vec();
+            bytes[..4].copy_from_slice(&((cut - 4) as i32).to_be_bytes());
+            let frame = Frame::from_wire(bytes.into());
+            let result = decode_response::<MetadataResponse>(&frame, ApiKey::Metadata, 12);
+            assert!(
+                matches!(result, Err(Error::Malformed { .. })),
+                "cut at {cut}"
+            );
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! wire-guard's validated runtime configuration. [`crate::cli`] builds it from flags,
+//! environment variables and an optional YAML file.
+
+use std::{path::PathBuf, time::Duration};
+
+/// Kafka's own default for `socket.request.max.bytes`.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 100 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Bootstrap servers of the upstream cluster, tried in order.
+    pub upstreams: Vec<String>,
+    /// The host clients are told to connect to in rewritten broker addresses.
+    pub advertised_host: String,
+    /// Proxy port of broker node 0; `None` means the bootstrap port + 1.
+    pub broker_port_base: Option<u16>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None` serves nothing.
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// Frames announcing more than this are refused before anything is allocated.
+    pub max_frame_bytes: usize,
+    /// TLS towards clients, on the bootstrap and every broker listener.
+    pub client_tls: Option<ClientTls>,
+    /// TLS towards the upstream brokers.
+    pub upstream_tls: Option<UpstreamTls>,
+    /// Policy directory, validated at startup and watched for changes.
+    pub policies: Option<PathBuf>,
+    /// How long shutdown waits for in-flight requests before closing connections.
+    pub drain_timeout: Duration,
+    /// How long connecting to an upstream broker may take.
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// With a CA, clients must present a certificate it signed (mutual TLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    pub ca: PathBuf,
+    /// Client certificate and key presented to the brokers, if they require one.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl Config {
+    /// A plaintext configuration in front of `upstreams` with every other setting at its
+    /// default; the starting point for tests and embedders.
+    pub fn new(upstreams: Vec<String>, advertised_host: impl Into<String>) -> Self {
+        Self {
+            upstreams,
+            advertised_host: advertised_host.into(),
+            broker_port_base: None,
+            admin_listen: None,
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            client_tls: None,
+            upstream_tls: None,
+            policies: None,
+            drain_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! One proxied client connection.
+//!
+//! Two loops run concurrently on the connection's task:
+//! - `requests` reads client frames, peeks their header, queues them in the in-flight queue
+//!   (see [`crate::inflight`]) and forwards the original bytes upstream;
+//! - `responses` pops the oldest in-flight request for each upstream frame, checks the
+//!   correlation id, rewrites the response if its API carries addresses or versions, and
+//!   writes it to the client.
+//!
+//! Invariants: every queued request gets exactly one response, responses keep request order,
+//! and a frame nobody needs to change is forwarded as the bytes received. Protocol corruption
+//! from either side ends the connection with one log line naming the cause; other connections
+//! are unaffected. On shutdown the request loop stops reading, the response loop drains what is
+//! in flight, then the connection closes.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, DescribeClusterResponse, FindCoordinatorResponse,
+    MetadataResponse, ResponseHeader, SaslAuthenticateResponse,
+};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter, ReadHalf, WriteHalf},
+    sync::mpsc,
+};
+
+use crate::{
+    codec,
+    error::{Error, Side},
+    frame::{self, Frame},
+    header,
+    inflight::{InFlight, MAX_IN_FLIGHT, Reply},
+    rewrite,
+    sasl::{SaslState, api_name},
+    server::{Server, Target},
+    upstream::BoxStream,
+    versions,
+};
+
+const IO_BUFFER: usize = 64 * 1024;
+
+/// Who a connection belongs to, for its log lines.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub target: Target,
+}
+
+/// Proxies one client connection until either side closes, logging why it ended.
+pub async fn serve(server: Arc<Server>, client: BoxStream, info: ConnInfo) {
+    server.metrics.connections_active.inc();
+    let result = tokio::select! {
+        r = proxy(&server, client, info) => r,
+        () = server.force.cancelled() => {
+            tracing::warn!(conn = info.id, peer = %info.peer, "closing connection: shutdown drain deadline passed");
+            Ok(())
+        }
+    };
+    server.metrics.connections_active.dec();
+    match result {
+        Ok(()) => tracing::debug!(conn = info.id, peer = %info.peer, "connection closed"),
+        Err(e) if e.is_disconnect() => {
+            tracing::debug!(conn = info.id, peer = %info.peer, reason = %e, "connection closed")
+        }
+        Err(e) => {
+            server
+                .metrics
+                .connection_errors
+                .with_label_values(&[cause(&e)])
+                .inc();
+            tracing::warn!(conn = info.id, peer = %info.peer, target = ?info.target, error = %e, "closing connection");
+        }
+    }
+}
+
+fn cause(e: &Error) -> &'static str {
+    match e {
+        Error::FrameTooLarge { .. } | Error::NegativeLength { .. } => "frame_size",
+        Error::Truncated { .. } | Error::ShortFrame { .. } | Error::Malformed { .. } => "malformed",
+        Error::UnadvertisedVersion { .. } => "unadvertised_version",
+        Error::CorrelationMismatch { .. } | Error::Unsolicited => "upstream_protocol",
+        Error::UpstreamClosed | Error::UpstreamDropped { .. } => "upstream_closed",
+        Error::UpstreamConnect { .. } | Error::UnknownNode(_) => "upstream_connect",
+        Error::PortMapping { .. } => "port_mapping",
+        Error::ClientTls(_) => "client_tls",
+        Error::Io {
+            side: Side::Client, ..
+        } => "client_io",
+        Error::Io {
+            side: Side::Upstream,
+            ..
+        } => "upstream_io",
+        Error::Config(_) | Error::Shared(_) => "internal",
+    }
+}
+
+async fn proxy(server: &Arc<Server>, client: BoxStream, info: ConnInfo) -> Result<(), Error> {
+    let upstream = match info.target {
+        Target::Bootstrap => {
+            server
+                .connector
+                .connect_any(&server.config.upstreams)
+                .await?
+        }
+        Target::Node(node) => {
+            let addr = server
+                .routes
+                .upstream_of(node)
+                .ok_or(Error::UnknownNode(node))?;
+            server.connector.connect(&addr).await?
+        }
+    };
+    let (client_read, client_write) = tokio::io::split(client);
+    let (upstream_read, upstream_write) = tokio::io::split(upstream);
+    let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
+    let sasl = Mutex::new(SaslState::default());
+    let conn = Conn {
+        server,
+        info,
+        sasl: &sasl,
+    };
+    tokio::try_join!(
+        conn.requests(
+            BufReader::with_capacity(IO_BUFFER, client_read),
+            BufWriter::with_capacity(IO_BUFFER, upstream_write),
+            tx,
+        ),
+        conn.responses(
+            BufReader::with_capacity(IO_BUFFER, upstream_read),
+            BufWriter::with_capacity(IO_BUFFER, client_write),
+            rx,
+        ),
+    )?;
+    Ok(())
+}
+
+struct Conn<'a> {
+    server: &'a Arc<Server>,
+    info: ConnInfo,
+    sasl: &'a Mutex<SaslState>,
+}
+
+impl Conn<'_> {
+    fn sasl(&self) -> std::sync::MutexGuard<'_, SaslState> {
+        self.sasl.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn requests(
+        &self,
+        mut client: BufReader<ReadHalf<BoxStream>>,
+        mut upstream: BufWriter<WriteHalf<BoxStream>>,
+        queue: mpsc::Sender<InFlight>,
+    ) -> Result<(), Error> {
+        let max = self.server.config.max_frame_bytes;
+        loop {
+            // Wait for the next frame to start (cancel-safe) so shutdown never cuts one in half.
+            tokio::select! {
+                biased;
+                () = self.server.shutdown.cancelled() => return Ok(()),
+                ready = client.fill_buf() => {
+                    if ready.map_err(Error::io(Side::Client))?.is_empty() {
+                        return Ok(());
+                    }
+                }
+            }
+            let Some(frame) = frame::read(&mut client, max, Side::Client).await? else {
+                return Ok(());
+            };
+            self.server
+                .metrics
+                .bytes_from_clients
+                .inc_by(frame.len() as u64);
+            let payload = frame.payload();
+            let meta = header::peek_request(&payload)?;
+            self.server.metrics.request(meta.api_key);
+            let mut reply = Reply::Upstream;
+            if let Ok(key) = ApiKey::try_from(meta.api_key) {
+                let version = meta.api_version;
+                if versions::must_decode_response(key) {
+                    let supported = versions::supported(key);
+                    let ok = supported.is_some_and(|r| r.min <= version && version <= r.max);
+                    if !ok && key == ApiKey::ApiVersions && version > 0 {
+                        let local = unsupported_api_versions(meta.correlation_id)?;
+                        queue
+                            .send(self.in_flight(meta, Reply::Local(local)))
+                            .await
+                            .map_err(|_| Error::UpstreamClosed)?;
+                        continue;
+                    }
+                    if !ok {
+                        return Err(Error::UnadvertisedVersion {
+                            api: api_name(key),
+                            version,
+                            supported: supported.map_or("none".into(), |r| r.to_string()),
+                        });
+                    }
+                }
+                match key {
+                    ApiKey::Produce if header::produce_acks(&payload, version)? == 0 => {
+                        reply = Reply::NoneExpected
+                    }
+                    ApiKey::SaslHandshake => self.sasl().on_handshake(payload, version)?,
+                    ApiKey::SaslAuthenticate => {
+                        self.sasl().on_authenticate_request(payload, version)?
+                    }
+                    _ => {}
+                }
+            }
+            // The response loop has ended (it logs why); stop reading quietly.
+            if queue.send(self.in_flight(meta, reply)).await.is_err() {
+                return Ok(());
+            }
+            upstream
+                .write_all(frame.wire())
+                .await
+                .map_err(Error::io(Side::Upstream))?;
+            upstream.flush().await.map_err(Error::io(Side::Upstream))?;
+        }
+    }
+
+    fn in_flight(&self, meta: header::RequestMeta, reply: Reply) -> InFlight {
+        InFlight {
+            api_key: meta.api_key,
+            api_version: meta.api_version,
+            correlation_id: meta.correlation_id,
+            sent_at: Instant::now(),
+            reply,
+        }
+    }
+
+    async fn responses(
+        &self,
+        mut upstream: BufReader<ReadHalf<BoxStream>>,
+        mut client: BufWriter<WriteHalf<BoxStream>>,
+        mut queue: mpsc::Receiver<InFlight>,
+    ) -> Result<(), Error> {
+        let mut unanswered_acks0 = Acks0::default();
+        loop {
+            let pending = tokio::select! {
+                next = queue.recv() => match next {
+                    Some(p) => p,
+                    None => return Ok(()),
+                },
+                ready = upstream.fill_buf() => {
+                    let closed = ready.map_err(Error::io(Side::Upstream))?.is_empty();
+                    match queue.try_recv() {
+                        Ok(p) => p,
+                        Err(_) if closed => return Err(Error::UpstreamClosed),
+                        Err(_) => {
+                            let frame = self.read_upstream(&mut upstream, None).await?;
+                            let got = header::peek_response_correlation(&frame.payload())?;
+                            if unanswered_acks0.take(got) {
+                                continue;
+                            }
+                            return Err(Error::Unsolicited);
+                        }
+                    }
+                }
+            };
+            let out = match pending.reply {
+                Reply::Local(frame) => frame,
+                Reply::NoneExpected => {
+                    unanswered_acks0.push(pending.correlation_id);
+                    continue;
+                }
+                Reply::Upstream => loop {
+                    let frame = self
+                        .read_upstream(&mut upstream, Some((&pending, &queue)))
+                        .await?;
+                    let got = header::peek_response_correlation(&frame.payload())?;
+                    if got == pending.correlation_id {
+                        // Kafka answers in order: earlier acks=0 requests will get nothing.
+                        unanswered_acks0.clear();
+                        let metrics = &self.server.metrics;
+                        metrics.upstream_latency(
+                            pending.api_key,
+                            pending.sent_at.elapsed().as_secs_f64(),
+                        );
+                        break self.process_response(frame, &pending)?;
+                    }
+                    if !unanswered_acks0.take(got) {
+                        return Err(Error::CorrelationMismatch {
+                            expected: pending.correlation_id,
+                            got,
+                        });
+                    }
+                },
+            };
+            client
+                .write_all(out.wire())
+                .await
+                .map_err(Error::io(Side::Client))?;
+            client.flush().await.map_err(Error::io(Side::Client))?;
+        }
+    }
+
+    /// Reads the next upstream frame; end of stream with `waiting` requests is an error.
+    async fn read_upstream(
+        &self,
+        upstream: &mut BufReader<ReadHalf<BoxStream>>,
+        waiting: Option<(&InFlight, &mpsc::Receiver<InFlight>)>,
+    ) -> Result<Frame, Error> {
+        let frame =
+            frame::read(upstream, self.server.config.max_frame_bytes, Side::Upstream).await?;
+        let frame = match (frame, waiting) {
+            (Some(frame), _) => frame,
+            (None, Some((oldest, queue))) => {
+                return Err(Error::UpstreamDropped {
+                    in_flight: 1 + queue.len(),
+                    api_key: oldest.api_key,
+                    api_version: oldest.api_version,
+                });
+            }
+            (None, None) => return Err(Error::UpstreamClosed),
+        };
+        self.server
+            .metrics
+            .bytes_from_upstream
+            .inc_by(frame.len() as u64);
+        Ok(frame)
+    }
+
+    /// Rewrites the responses that need it; every other frame is returned as received.
+    fn process_response(&self, frame: Frame, p: &InFlight) -> Result<Frame, Error> {
+        let Ok(key) = ApiKey::try_from(p.api_key) else {
+            return Ok(frame);
+        };
+        let version = p.api_version;
+        let book = self.server;
+        match key {
+            ApiKey::ApiVersions => {
+                // A broker that refuses the version answers in v0 layout with an error code and
+                // only its ApiVersions range; the client retries, so pass it on unchanged.
+                let error_code = frame
+                    .payload()
+                    .get(4..6)
+                    .map(|b| i16::from_be_bytes([b[0], b[1]]));
+                if error_code != Some(0) {
+                    return Ok(frame);
+                }
+                codec::transcode::<ApiVersionsResponse>(&frame, key, version, |r| {
+                    versions::narrow(r);
+                    Ok(())
+                })
+            }
+            ApiKey::Metadata => codec::transcode::<MetadataResponse>(&frame, key, version, |r| {
+                rewrite::metadata(r, book)
+            }),
+            ApiKey::FindCoordinator => {
+                codec::transcode::<FindCoordinatorResponse>(&frame, key, version, |r| {
+                    rewrite::find_coordinator(r, version, book)
+                })
+            }
+            ApiKey::DescribeCluster => {
+                codec::transcode::<DescribeClusterResponse>(&frame, key, version, |r| {
+                    rewrite::describe_cluster(r, book)
+                })
+            }
+            ApiKey::SaslAuthenticate => {
+                let response: SaslAuthenticateResponse =
+                    codec::decode_response(&frame, key, version)?;
+                let mut sasl = self.sasl();
+                if let Some(principal) = sasl.on_authenticate_response(&response).map(str::to_owned)
+                {
+                    tracing::info!(
+                        conn = self.info.id,
+                        peer = %self.info.peer,
+                        principal,
+                        mechanism = sasl.mechanism.as_deref().unwrap_or("?"),
+                        "client authenticated"
+                    );
+                }
+                Ok(frame)
+            }
+            _ => Ok(frame),
+        }
+    }
+}
+
+/// Correlation ids of `acks=0` Produce requests a broker might still answer.
+#[derive(Default)]
+struct Acks0(std::collections::VecDeque<i32>);
+
+impl Acks0 {
+    /// Bounded: an id this old can no longer be answered before a later request was.
+    fn push(&mut self, correlation_id: i32) {
+        if self.0.len() == MAX_IN_FLIGHT {
+            self.0.pop_front();
+        }
+        self.0.push_back(correlation_id);
+    }
+
+    /// Whether `correlation_id` answers an `acks=0` request; it and older ones are forgotten.
+    fn take(&mut self, correlation_id: i32) -> bool {
+        match self.0.iter().position(|&c| c == correlation_id) {
+            Some(at) => {
+                tracing::debug!(
+                    correlation_id,
+                    "dropping the broker's answer to an acks=0 produce"
+                );
+                self.0.drain(..=at);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// The v0 `UNSUPPORTED_VERSION` reply to an ApiVersions request newer than this build decodes.
+fn unsupported_api_versions(correlation_id: i32) -> Result<Frame, Error> {
+    let mut header = ResponseHeader::default();
+    header.correlation_id = correlation_id;
+    codec::encode_response(
+        &header,
+        &versions::unsupported_version_reply(),
+        ApiKey::ApiVersions,
+        0,
+        64,
+    )
+}

@@ -1,0 +1,37 @@
+//! wire-guard: a Kafka-protocol proxy. Clients change only `bootstrap.servers`.
+//!
+//! How a connection flows through the modules:
+//!
+//! 1. [`server`] accepts on the bootstrap listener, or on a broker listener opened when that
+//!    broker first appeared in a rewritten response ([`brokers`] holds the port mapping and the
+//!    learnt routes). TLS towards clients is terminated here; [`upstream`] connects onwards.
+//! 2. [`connection`] runs the request and response loops of one connection. [`frame`] reads
+//!    length-prefixed frames, refusing oversized ones before allocating; [`header`] peeks at
+//!    the request header (and a Produce request's `acks`) without decoding the body;
+//!    [`inflight`] is the ordered queue matching responses to requests.
+//! 3. Responses whose API carries broker addresses are rewritten by [`rewrite`]; ApiVersions is
+//!    narrowed by [`versions`] to what this build decodes; [`sasl`] learns each connection's
+//!    authenticated principal. [`codec`] does the decode/re-encode. Every other frame is
+//!    forwarded as the original bytes.
+//! 4. [`metrics`] counts connections, requests, bytes and upstream latency; [`cli`] and
+//!    [`config`] turn flags, environment and an optional YAML file into a [`Config`].
+
+pub mod brokers;
+pub mod cli;
+pub mod codec;
+pub mod config;
+pub mod connection;
+pub mod error;
+pub mod frame;
+pub mod header;
+pub mod inflight;
+pub mod metrics;
+pub mod rewrite;
+pub mod sasl;
+pub mod server;
+pub mod upstream;
+pub mod versions;
+
+pub use config::Config;
+pub use error::Error;
+pub use server::run;

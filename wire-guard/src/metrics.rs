@@ -1,0 +1,106 @@
+//! Prometheus metrics, registered once and resolved per API key up front so the per-frame cost
+//! is an array index and an atomic add.
+
+use std::collections::HashMap;
+
+use kafka_protocol::messages::ApiKey;
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
+
+/// Per-API-key instruments, so the hot path never formats a label.
+struct PerApi {
+    requests: IntCounter,
+    latency: Histogram,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub connections_total: IntCounterVec,
+    pub connections_active: IntGauge,
+    pub connection_errors: IntCounterVec,
+    pub bytes_from_clients: IntCounter,
+    pub bytes_from_upstream: IntCounter,
+    per_api: HashMap<i16, PerApi>,
+    unknown_api: PerApi,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("wire_guard".into()), None)?;
+        let connections_total = IntCounterVec::new(
+            Opts::new(
+                "connections_total",
+                "Client connections accepted, by listener",
+            ),
+            &["listener"],
+        )?;
+        let connections_active =
+            IntGauge::new("connections_active", "Client connections currently open")?;
+        let connection_errors = IntCounterVec::new(
+            Opts::new(
+                "connection_errors_total",
+                "Connections closed because of an error, by cause",
+            ),
+            &["cause"],
+        )?;
+        let bytes = IntCounterVec::new(
+            Opts::new("bytes_total", "Bytes forwarded, by direction"),
+            &["direction"],
+        )?;
+        let requests = IntCounterVec::new(
+            Opts::new("requests_total", "Requests forwarded, by API"),
+            &["api"],
+        )?;
+        let latency = HistogramVec::new(
+            HistogramOpts::new(
+                "upstream_latency_seconds",
+                "Time from forwarding a request to receiving its response, by API",
+            )
+            .buckets(vec![
+                0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                2.5, 5.0, 10.0,
+            ]),
+            &["api"],
+        )?;
+        registry.register(Box::new(connections_total.clone()))?;
+        registry.register(Box::new(connections_active.clone()))?;
+        registry.register(Box::new(connection_errors.clone()))?;
+        registry.register(Box::new(bytes.clone()))?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(latency.clone()))?;
+        let per = |name: &str| PerApi {
+            requests: requests.with_label_values(&[name]),
+            latency: latency.with_label_values(&[name]),
+        };
+        let per_api = (0..=i16::MAX)
+            .filter_map(|k| {
+                ApiKey::try_from(k)
+                    .ok()
+                    .map(|key| (k, per(&format!("{key:?}"))))
+            })
+            .collect();
+        Ok(Self {
+            registry,
+            connections_total,
+            connections_active,
+            connection_errors,
+            bytes_from_clients: bytes.with_label_values(&["client_to_upstream"]),
+            bytes_from_upstream: bytes.with_label_values(&["upstream_to_client"]),
+            per_api,
+            unknown_api: per("unknown"),
+        })
+    }
+
+    fn api(&self, key: i16) -> &PerApi {
+        self.per_api.get(&key).unwrap_or(&self.unknown_api)
+    }
+
+    pub fn request(&self, key: i16) {
+        self.api(key).requests.inc();
+    }
+
+    pub fn upstream_latency(&self, key: i16, seconds: f64) {
+        self.api(key).latency.observe(seconds);
+    }
+}

@@ -1,0 +1,138 @@
+//! ApiVersions narrowing.
+//!
+//! The proxy advertises only versions it can decode, so a newer broker or client never sends
+//! it something it cannot read. Two further narrowings keep broker addresses from leaking:
+//! Produce v10+ and Fetch v16+ responses may carry `node_endpoints` (leader hints with host and
+//! port), and ShareFetch/ShareAcknowledge always may. Rewriting those would mean decoding every
+//! data-path response, so those versions are not advertised instead; clients fall back to the
+//! Metadata path, which is rewritten. API keys this build does not know pass through untouched:
+//! their frames are forwarded as bytes and the proxy never needs to read them.
+
+use kafka_protocol::{
+    ResponseError,
+    messages::{ApiKey, ApiVersionsResponse, api_versions_response::ApiVersion},
+    protocol::VersionRange,
+};
+
+/// The versions of `key` this build handles, or `None` if the key must not be advertised.
+pub fn supported(key: ApiKey) -> Option<VersionRange> {
+    let decodable = key.valid_versions();
+    let cap = |max: i16| VersionRange {
+        min: decodable.min,
+        max: decodable.max.min(max),
+    };
+    match key {
+        ApiKey::Produce => Some(cap(9)),
+        ApiKey::Fetch => Some(cap(15)),
+        ApiKey::ShareFetch | ApiKey::ShareAcknowledge => None,
+        // Older SASL handshakes switch the connection to unframed tokens.
+        ApiKey::SaslHandshake => Some(VersionRange {
+            min: 1,
+            max: decodable.max,
+        }),
+        _ => Some(decodable),
+    }
+}
+
+/// Intersects a broker's advertised versions with [`supported`], in place.
+pub fn narrow(response: &mut ApiVersionsResponse) {
+    response.api_keys.retain_mut(|entry| {
+        let Ok(key) = ApiKey::try_from(entry.api_key) else {
+            return true;
+        };
+        let Some(ours) = supported(key) else {
+            return false;
+        };
+        let both = ours.intersect(&VersionRange {
+            min: entry.min_version,
+            max: entry.max_version,
+        });
+        entry.min_version = both.min;
+        entry.max_version = both.max;
+        !both.is_empty()
+    });
+}
+
+/// The reply a broker gives to an ApiVersions request newer than it understands: version 0,
+/// `UNSUPPORTED_VERSION`, and the ApiVersions range it does support, so the client retries.
+pub fn unsupported_version_reply() -> ApiVersionsResponse {
+    let range = supported(ApiKey::ApiVersions).unwrap_or(ApiKey::ApiVersions.valid_versions());
+    let mut entry = ApiVersion::default();
+    entry.api_key = ApiKey::ApiVersions as i16;
+    entry.min_version = range.min;
+    entry.max_version = range.max;
+    let mut response = ApiVersionsResponse::default();
+    response.error_code = ResponseError::UnsupportedVersion.code();
+    response.api_keys = vec![entry];
+    response
+}
+
+/// APIs whose responses the proxy must decode and rewrite: a request for a version outside
+/// [`supported`] is refused rather than forwarded.
+pub fn must_decode_response(key: ApiKey) -> bool {
+    matches!(
+        key,
+        ApiKey::ApiVersions
+            | ApiKey::Metadata
+            | ApiKey::FindCoordinator
+            | ApiKey::DescribeCluster
+            | ApiKey::SaslHandshake
+            | ApiKey::SaslAuthenticate
+            | ApiKey::Produce
+            | ApiKey::Fetch
+            | ApiKey::ShareFetch
+            | ApiKey::ShareAcknowledge
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: i16, min: i16, max: i16) -> ApiVersion {
+        let mut e = ApiVersion::default();
+        e.api_key = key;
+        e.min_version = min;
+        e.max_version = max;
+        e
+    }
+
+    #[test]
+    fn narrows_to_decodable_and_drops_address_bearing_versions() {
+        let mut response = ApiVersionsResponse::default();
+        response.api_keys = vec![
+            entry(ApiKey::Produce as i16, 0, 13),
+            entry(ApiKey::Fetch as i16, 0, 18),
+            entry(ApiKey::Metadata as i16, 0, 99),
+            entry(ApiKey::ShareFetch as i16, 0, 1),
+            entry(ApiKey::SaslHandshake as i16, 0, 1),
+            entry(ApiKey::ApiVersions as i16, 0, 9),
+            entry(30_000, 0, 3),
+        ];
+        narrow(&mut response);
+        let got: Vec<_> = response
+            .api_keys
+            .iter()
+            .map(|e| (e.api_key, e.min_version, e.max_version))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (ApiKey::Produce as i16, 3, 9),
+                (ApiKey::Fetch as i16, 4, 15),
+                (ApiKey::Metadata as i16, 0, 13),
+                (ApiKey::SaslHandshake as i16, 1, 1),
+                (ApiKey::ApiVersions as i16, 0, 4),
+                (30_000, 0, 3),
+            ]
+        );
+    }
+
+    #[test]
+    fn drops_keys_whose_ranges_do_not_meet() {
+        let mut response = ApiVersionsResponse::default();
+        response.api_keys = vec![entry(ApiKey::Produce as i16, 0, 2)];
+        narrow(&mut response);
+        assert!(response.api_keys.is_empty());
+    }
+}
