@@ -4,7 +4,7 @@
 //!
 //! 1. [`server`] accepts on the bootstrap listener, or on a broker listener opened when that
 //!    broker first appeared in a rewritten response ([`brokers`] holds the port mapping and the
-//!    learnt routes). TLS towards clients is terminated here; [`upstream`] connects onwards.
+//!    learnt routes; [`discovery`] opens the broker listeners at startup). TLS towards clients is terminated here; [`upstream`] connects onwards.
 //! 2. [`connection`] runs the request and response loops of one connection. [`frame`] reads
 //!    length-prefixed frames, refusing oversized ones before allocating; [`header`] peeks at
 //!    the request header (and a Produce request's `acks`) without decoding the body;
@@ -21,6 +21,7 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod discovery;
 pub mod error;
 pub mod frame;
 pub mod header;

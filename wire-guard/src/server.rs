@@ -239,6 +239,9 @@ pub async fn run(
         "wire-guard listening"
     );
     readiness.set(true);
+    server
+        .tracker
+        .spawn(crate::discovery::open_broker_listeners(server.clone()));
 
     accept_loop(server.clone(), listener, Target::Bootstrap).await;
 

@@ -94,13 +94,31 @@ async fn metadata_coordinator_and_cluster_responses_carry_only_proxy_addresses()
         }
     }
 
-    // The broker listener the metadata named really leads to the broker.
+    // The broker listener the metadata named really leads to the broker. (It was opened at
+    // startup from the cluster's own metadata, before any client asked.)
     let mut via_broker_port =
         RawClient::connect(format!("127.0.0.1:{proxy_port}").parse()?).await?;
     let r: MetadataResponse = via_broker_port
         .call(ApiKey::Metadata, 4, &MetadataRequest::default())
         .await?;
     assert_eq!(r.brokers[0].port, proxy_port);
+    proxy.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_ports_open_at_startup_so_clients_with_cached_metadata_reconnect()
+-> anyhow::Result<()> {
+    let broker = Broker::start().await?;
+    let proxy = InProcess::start(&broker.bootstrap(), |_| {}).await?;
+    // No client has fetched metadata through this proxy instance.
+    let broker_port = format!("127.0.0.1:{}", proxy.broker_port()?).parse()?;
+    integration_tests::stack::wait_for_port(broker_port, std::time::Duration::from_secs(20))
+        .await?;
+    let mut client = RawClient::connect(broker_port).await?;
+    let r: MetadataResponse = client
+        .call(ApiKey::Metadata, 4, &MetadataRequest::default())
+        .await?;
+    assert_eq!(r.brokers[0].port, i32::from(proxy.broker_port()?));
     proxy.stop().await
 }
 
@@ -220,7 +238,7 @@ async fn pipelined_requests_are_answered_in_order_and_acks0_produce_gets_no_resp
     proxy.stop().await
 }
 
-/// An upstream that reads one request, reports it, and answers (echoing the correlation id)
+/// An upstream that reads one Heartbeat request, reports it, and answers (echoing the correlation id)
 /// only when told to.
 async fn held_upstream() -> anyhow::Result<(
     std::net::SocketAddr,
@@ -233,10 +251,16 @@ async fn held_upstream() -> anyhow::Result<(
     let (got_tx, got_rx) = tokio::sync::oneshot::channel();
     let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        let (mut s, _) = listener.accept().await?;
-        let len = s.read_i32().await?;
-        let mut req = vec![0u8; len as usize];
-        s.read_exact(&mut req).await?;
+        // Other connections (the proxy's startup discovery) are closed unanswered.
+        let (mut s, req) = loop {
+            let (mut s, _) = listener.accept().await?;
+            let len = s.read_i32().await?;
+            let mut req = vec![0u8; len as usize];
+            s.read_exact(&mut req).await?;
+            if req[..2] == (ApiKey::Heartbeat as i16).to_be_bytes() {
+                break (s, req);
+            }
+        };
         let _ = got_tx.send(());
         let _ = release_rx.await;
         // Heartbeat v0 response: correlation id, then error_code 0.
