@@ -42,6 +42,23 @@ use crate::{
 };
 
 const IO_BUFFER: usize = 64 * 1024;
+/// Enough of a request for its header and, in practice, a Produce request's `acks`; a request
+/// whose `acks` lies further in is read whole.
+const REQUEST_HEAD: usize = 512;
+/// Enough of a response for its correlation id.
+const RESPONSE_HEAD: usize = 4;
+
+/// Responses read whole and handed to `process_response`; all others stream through.
+fn inspects_response(api_key: i16) -> bool {
+    matches!(
+        ApiKey::try_from(api_key),
+        Ok(ApiKey::ApiVersions
+            | ApiKey::Metadata
+            | ApiKey::FindCoordinator
+            | ApiKey::DescribeCluster
+            | ApiKey::SaslAuthenticate)
+    )
+}
 
 /// Who a connection belongs to, for its log lines.
 #[derive(Debug, Clone, Copy)]
@@ -168,57 +185,84 @@ impl Conn<'_> {
                     }
                 }
             }
-            let Some(frame) = frame::read(&mut client, max, Side::Client).await? else {
+            let Some(head) = frame::read_head(&mut client, max, Side::Client, REQUEST_HEAD).await?
+            else {
                 return Ok(());
             };
             self.server
                 .metrics
                 .bytes_from_clients
-                .inc_by(frame.len() as u64);
-            let payload = frame.payload();
-            let meta = header::peek_request(&payload)?;
+                .inc_by(head.wire_len() as u64);
+            let meta = header::peek_request(head.payload())?;
             self.server.metrics.request(meta.api_key);
-            let mut reply = Reply::Upstream;
-            if let Ok(key) = ApiKey::try_from(meta.api_key) {
-                let version = meta.api_version;
-                if versions::must_decode_response(key) {
-                    let supported = versions::supported(key);
-                    let ok = supported.is_some_and(|r| r.min <= version && version <= r.max);
-                    if !ok && key == ApiKey::ApiVersions && version > 0 {
-                        let local = unsupported_api_versions(meta.correlation_id)?;
-                        queue
-                            .send(self.in_flight(meta, Reply::Local(local)))
-                            .await
-                            .map_err(|_| Error::UpstreamClosed)?;
-                        continue;
-                    }
-                    if !ok {
-                        return Err(Error::UnadvertisedVersion {
-                            api: api_name(key),
-                            version,
-                            supported: supported.map_or("none".into(), |r| r.to_string()),
-                        });
-                    }
+            let key = ApiKey::try_from(meta.api_key).ok();
+            let version = meta.api_version;
+
+            if let Some(key) = key.filter(|k| versions::must_decode_response(*k)) {
+                let supported = versions::supported(key);
+                let ok = supported.is_some_and(|r| r.min <= version && version <= r.max);
+                if !ok && key == ApiKey::ApiVersions && version > 0 {
+                    // Answered here; the request itself goes nowhere.
+                    head.complete(&mut client).await?;
+                    let local = unsupported_api_versions(meta.correlation_id)?;
+                    queue
+                        .send(self.in_flight(meta, Reply::Local(local)))
+                        .await
+                        .map_err(|_| Error::UpstreamClosed)?;
+                    continue;
                 }
+                if !ok {
+                    return Err(Error::UnadvertisedVersion {
+                        api: api_name(key),
+                        version,
+                        supported: supported.map_or("none".into(), |r| r.to_string()),
+                    });
+                }
+            }
+
+            let acks_in_head = (key == Some(ApiKey::Produce))
+                .then(|| header::produce_acks(head.payload(), version));
+            let needs_body = matches!(key, Some(ApiKey::SaslHandshake | ApiKey::SaslAuthenticate))
+                || matches!(acks_in_head, Some(Err(_)));
+            // `Err` holds a request read whole because its body is needed; `Ok` streams on.
+            let whole = if needs_body {
+                Err(head.complete(&mut client).await?)
+            } else {
+                Ok(head)
+            };
+            let mut reply = Reply::Upstream;
+            if let Err(frame) = &whole {
                 match key {
-                    ApiKey::Produce if header::produce_acks(&payload, version)? == 0 => {
-                        reply = Reply::NoneExpected
+                    Some(ApiKey::SaslHandshake) => {
+                        self.sasl().on_handshake(frame.payload(), version)?
                     }
-                    ApiKey::SaslHandshake => self.sasl().on_handshake(payload, version)?,
-                    ApiKey::SaslAuthenticate => {
-                        self.sasl().on_authenticate_request(payload, version)?
+                    Some(ApiKey::SaslAuthenticate) => self
+                        .sasl()
+                        .on_authenticate_request(frame.payload(), version)?,
+                    Some(ApiKey::Produce)
+                        if header::produce_acks(&frame.payload(), version)? == 0 =>
+                    {
+                        reply = Reply::NoneExpected
                     }
                     _ => {}
                 }
+            } else if let Some(Ok(0)) = acks_in_head {
+                reply = Reply::NoneExpected;
             }
             // The response loop has ended (it logs why); stop reading quietly.
             if queue.send(self.in_flight(meta, reply)).await.is_err() {
                 return Ok(());
             }
-            upstream
-                .write_all(frame.wire())
-                .await
-                .map_err(Error::io(Side::Upstream))?;
+            match whole {
+                Ok(head) => {
+                    head.forward(&mut client, &mut upstream, Side::Upstream)
+                        .await?
+                }
+                Err(frame) => upstream
+                    .write_all(frame.wire())
+                    .await
+                    .map_err(Error::io(Side::Upstream))?,
+            }
             upstream.flush().await.map_err(Error::io(Side::Upstream))?;
         }
     }
@@ -252,9 +296,10 @@ impl Conn<'_> {
                         Ok(p) => p,
                         Err(_) if closed => return Err(Error::UpstreamClosed),
                         Err(_) => {
-                            let frame = self.read_upstream(&mut upstream, None).await?;
-                            let got = header::peek_response_correlation(&frame.payload())?;
+                            let head = self.read_upstream(&mut upstream, None).await?;
+                            let got = header::peek_response_correlation(head.payload())?;
                             if unanswered_acks0.take(got) {
+                                head.complete(&mut upstream).await?;
                                 continue;
                             }
                             return Err(Error::Unsolicited);
@@ -262,17 +307,20 @@ impl Conn<'_> {
                     }
                 }
             };
-            let out = match pending.reply {
-                Reply::Local(frame) => frame,
+            match pending.reply {
+                Reply::Local(frame) => client
+                    .write_all(frame.wire())
+                    .await
+                    .map_err(Error::io(Side::Client))?,
                 Reply::NoneExpected => {
                     unanswered_acks0.push(pending.correlation_id);
                     continue;
                 }
                 Reply::Upstream => loop {
-                    let frame = self
+                    let head = self
                         .read_upstream(&mut upstream, Some((&pending, &queue)))
                         .await?;
-                    let got = header::peek_response_correlation(&frame.payload())?;
+                    let got = header::peek_response_correlation(head.payload())?;
                     if got == pending.correlation_id {
                         // Kafka answers in order: earlier acks=0 requests will get nothing.
                         unanswered_acks0.clear();
@@ -281,7 +329,18 @@ impl Conn<'_> {
                             pending.api_key,
                             pending.sent_at.elapsed().as_secs_f64(),
                         );
-                        break self.process_response(frame, &pending)?;
+                        if inspects_response(pending.api_key) {
+                            let frame = head.complete(&mut upstream).await?;
+                            let out = self.process_response(frame, &pending)?;
+                            client
+                                .write_all(out.wire())
+                                .await
+                                .map_err(Error::io(Side::Client))?;
+                        } else {
+                            head.forward(&mut upstream, &mut client, Side::Client)
+                                .await?;
+                        }
+                        break;
                     }
                     if !unanswered_acks0.take(got) {
                         return Err(Error::CorrelationMismatch {
@@ -289,26 +348,24 @@ impl Conn<'_> {
                             got,
                         });
                     }
+                    head.complete(&mut upstream).await?;
                 },
-            };
-            client
-                .write_all(out.wire())
-                .await
-                .map_err(Error::io(Side::Client))?;
+            }
             client.flush().await.map_err(Error::io(Side::Client))?;
         }
     }
 
-    /// Reads the next upstream frame; end of stream with `waiting` requests is an error.
+    /// Reads the start of the next upstream frame, enough for its correlation id; end of
+    /// stream with `waiting` requests is an error.
     async fn read_upstream(
         &self,
         upstream: &mut BufReader<ReadHalf<BoxStream>>,
         waiting: Option<(&InFlight, &mpsc::Receiver<InFlight>)>,
-    ) -> Result<Frame, Error> {
-        let frame =
-            frame::read(upstream, self.server.config.max_frame_bytes, Side::Upstream).await?;
-        let frame = match (frame, waiting) {
-            (Some(frame), _) => frame,
+    ) -> Result<frame::Head, Error> {
+        let max = self.server.config.max_frame_bytes;
+        let head = frame::read_head(upstream, max, Side::Upstream, RESPONSE_HEAD).await?;
+        let head = match (head, waiting) {
+            (Some(head), _) => head,
             (None, Some((oldest, queue))) => {
                 return Err(Error::UpstreamDropped {
                     in_flight: 1 + queue.len(),
@@ -321,11 +378,12 @@ impl Conn<'_> {
         self.server
             .metrics
             .bytes_from_upstream
-            .inc_by(frame.len() as u64);
-        Ok(frame)
+            .inc_by(head.wire_len() as u64);
+        Ok(head)
     }
 
-    /// Rewrites the responses that need it; every other frame is returned as received.
+    /// Rewrites or watches the responses [`inspects_response`] names; every other frame is
+    /// returned as received.
     fn process_response(&self, frame: Frame, p: &InFlight) -> Result<Frame, Error> {
         let Ok(key) = ApiKey::try_from(p.api_key) else {
             return Ok(frame);

@@ -1,11 +1,16 @@
 //! Length-prefixed Kafka frames.
 //!
-//! A frame is kept as the bytes received, length prefix included, so a frame no policy touches
-//! is forwarded with a single write of the original bytes. The length is checked against the
-//! configured maximum before any buffer is allocated for the body.
+//! A frame is read in two steps. [`read_head`] reads the length prefix, checks it against the
+//! configured maximum before anything is allocated for the body, and reads only the first bytes
+//! of the payload, enough to route it. A frame nobody needs to change is then streamed on with
+//! [`Head::forward`] as its bytes arrive (cut-through), so a 1 MB Fetch response is not held
+//! back until its last byte is in; a frame that must be inspected is read whole with
+//! [`Head::complete`]. Either way the bytes sent are the bytes received.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt,
+};
 
 use crate::error::{Error, Side};
 
@@ -54,12 +59,105 @@ pub fn build<E>(
     Ok(Frame::from_wire(buf.freeze()))
 }
 
-/// Reads one frame. `Ok(None)` is a clean end of stream between frames.
-pub async fn read<R: AsyncRead + Unpin>(
+/// The start of a frame: its length and up to `head_len` bytes of its payload.
+#[derive(Debug)]
+pub struct Head {
+    /// Length prefix followed by the payload bytes read so far.
+    buf: BytesMut,
+    /// The payload length the prefix announced.
+    len: usize,
+    side: Side,
+}
+
+impl Head {
+    /// The payload bytes read so far.
+    pub fn payload(&self) -> &[u8] {
+        &self.buf[4..]
+    }
+
+    /// Whether the whole payload has been read.
+    pub fn is_complete(&self) -> bool {
+        self.buf.len() == 4 + self.len
+    }
+
+    /// The frame's size on the wire, length prefix included.
+    pub fn wire_len(&self) -> usize {
+        4 + self.len
+    }
+
+    /// Reads the rest of the payload.
+    pub async fn complete<R: AsyncRead + Unpin>(mut self, reader: &mut R) -> Result<Frame, Error> {
+        fill(reader, &mut self.buf, 4 + self.len, self.side).await?;
+        Ok(Frame::from_wire(self.buf.freeze()))
+    }
+
+    /// Writes what was read and streams the rest of the frame from `reader` to `writer`.
+    pub async fn forward<R, W>(self, reader: &mut R, writer: &mut W, to: Side) -> Result<(), Error>
+    where
+        R: AsyncBufRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        writer.write_all(&self.buf).await.map_err(Error::io(to))?;
+        let rest = (4 + self.len - self.buf.len()) as u64;
+        if rest == 0 {
+            return Ok(());
+        }
+        let mut source = reader.take(rest);
+        let mut copied = 0u64;
+        loop {
+            let chunk = source.fill_buf().await.map_err(Error::io(self.side))?;
+            if chunk.is_empty() {
+                break;
+            }
+            let n = chunk.len();
+            writer.write_all(chunk).await.map_err(Error::io(to))?;
+            source.consume(n);
+            copied += n as u64;
+        }
+        if copied < rest {
+            return Err(Error::Truncated {
+                side: self.side,
+                got: self.buf.len() - 4 + copied as usize,
+                expected: self.len,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Reads from `reader` into `buf` until it holds `want` bytes.
+async fn fill<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buf: &mut BytesMut,
+    want: usize,
+    side: Side,
+) -> Result<(), Error> {
+    buf.reserve(want.saturating_sub(buf.len()));
+    while buf.len() < want {
+        let n = (&mut *reader)
+            .take((want - buf.len()) as u64)
+            .read_buf(buf)
+            .await
+            .map_err(Error::io(side))?;
+        if n == 0 {
+            return Err(Error::Truncated {
+                side,
+                got: buf.len().saturating_sub(4),
+                expected: want - 4,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Reads a frame's length prefix and up to `head_len` bytes of its payload. `Ok(None)` is a
+/// clean end of stream between frames.
+pub async fn read_head<R: AsyncRead + Unpin>(
     reader: &mut R,
     max: usize,
     side: Side,
-) -> Result<Option<Frame>, Error> {
+    head_len: usize,
+) -> Result<Option<Head>, Error> {
     let mut prefix = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -91,24 +189,23 @@ pub async fn read<R: AsyncRead + Unpin>(
             max,
         });
     }
-    let mut buf = BytesMut::with_capacity(4 + len);
+    let head = len.min(head_len);
+    let mut buf = BytesMut::with_capacity(4 + head);
     buf.put_slice(&prefix);
-    while buf.len() < 4 + len {
-        let want = (4 + len - buf.len()) as u64;
-        let n = (&mut *reader)
-            .take(want)
-            .read_buf(&mut buf)
-            .await
-            .map_err(Error::io(side))?;
-        if n == 0 {
-            return Err(Error::Truncated {
-                side,
-                got: buf.len() - 4,
-                expected: len,
-            });
-        }
+    fill(reader, &mut buf, 4 + head, side).await?;
+    Ok(Some(Head { buf, len, side }))
+}
+
+/// Reads one whole frame. `Ok(None)` is a clean end of stream between frames.
+pub async fn read<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+    side: Side,
+) -> Result<Option<Frame>, Error> {
+    match read_head(reader, max, side, usize::MAX).await? {
+        Some(head) => head.complete(reader).await.map(Some),
+        None => Ok(None),
     }
-    Ok(Some(Frame::from_wire(buf.freeze())))
 }
 
 #[cfg(test)]
@@ -170,6 +267,45 @@ mod tests {
                 Error::Truncated {
                     got: 3,
                     expected: 10,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn forward_streams_the_frame_and_reports_truncation() {
+        let input: &[u8] = &[0, 0, 0, 6, 1, 2, 3, 4, 5, 6, 9];
+        let mut reader = tokio::io::BufReader::with_capacity(2, input);
+        let head = read_head(&mut reader, 100, Side::Upstream, 4)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.payload(), &[1, 2, 3, 4]);
+        assert!(!head.is_complete());
+        let mut out = Vec::new();
+        head.forward(&mut reader, &mut out, Side::Client)
+            .await
+            .unwrap();
+        assert_eq!(out, &input[..10]);
+
+        let cut: &[u8] = &[0, 0, 0, 6, 1, 2, 3];
+        let mut reader = tokio::io::BufReader::new(cut);
+        let head = read_head(&mut reader, 100, Side::Upstream, 2)
+            .await
+            .unwrap()
+            .unwrap();
+        let err = head
+            .forward(&mut reader, &mut Vec::new(), Side::Client)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Truncated {
+                    got: 3,
+                    expected: 6,
                     ..
                 }
             ),
