@@ -3,4 +3,5 @@
 mod clients;
 mod malformed;
 mod protocol;
+mod sasl;
 mod tls;
