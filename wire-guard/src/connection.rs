@@ -33,7 +33,7 @@ use crate::{
     error::{Error, Side},
     frame::{self, Frame},
     header,
-    inflight::{InFlight, MAX_IN_FLIGHT, Reply},
+    inflight::{Acks0, InFlight, MAX_IN_FLIGHT, Reply},
     rewrite,
     sasl::{SaslState, api_name},
     server::{Server, Target},
@@ -437,39 +437,6 @@ impl Conn<'_> {
             }
             _ => Ok(frame),
         }
-    }
-}
-
-/// Correlation ids of `acks=0` Produce requests a broker might still answer.
-#[derive(Default)]
-struct Acks0(std::collections::VecDeque<i32>);
-
-impl Acks0 {
-    /// Bounded: an id this old can no longer be answered before a later request was.
-    fn push(&mut self, correlation_id: i32) {
-        if self.0.len() == MAX_IN_FLIGHT {
-            self.0.pop_front();
-        }
-        self.0.push_back(correlation_id);
-    }
-
-    /// Whether `correlation_id` answers an `acks=0` request; it and older ones are forgotten.
-    fn take(&mut self, correlation_id: i32) -> bool {
-        match self.0.iter().position(|&c| c == correlation_id) {
-            Some(at) => {
-                tracing::debug!(
-                    correlation_id,
-                    "dropping the broker's answer to an acks=0 produce"
-                );
-                self.0.drain(..=at);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn clear(&mut self) {
-        self.0.clear();
     }
 }
 
