@@ -216,11 +216,6 @@ impl RegistryPolicy {
             .find(|r| r.grants(who, op) && r.subjects.contains(&SubjectPattern::Any))
             .map_or(Decision::Deny, |r| Decision::Permit(r.id.clone()))
     }
-
-    /// Could `who` perform `op` on at least one subject? Cheap pre-check for list endpoints.
-    pub fn grants_any(&self, who: &Principal, op: Operation) -> bool {
-        self.rules.iter().any(|r| r.grants(who, op))
-    }
 }
 
 #[cfg(test)]

@@ -49,15 +49,6 @@ impl PolicyStore {
         Ok(Self { dir, tx })
     }
 
-    /// A store holding a fixed set, for tests and embedded use.
-    pub fn fixed(set: PolicySet) -> Self {
-        let (tx, _) = watch::channel(Arc::new(set));
-        Self {
-            dir: PathBuf::new(),
-            tx,
-        }
-    }
-
     pub fn dir(&self) -> &Path {
         &self.dir
     }
