@@ -1,0 +1,803 @@
+//! The endpoint map: method + canonical path -> the subjects a request concerns and its
+//! operation class. A request the map does not know is denied.
+//!
+//! Subjects come out canonical and namespace-qualified, the form policies match:
+//!
+//! - Confluent and Karapace: `name` in the default context, `:.ctx:name` in context `.ctx`,
+//!   whether the client wrote `/subjects/:.ctx:name` or `/contexts/.ctx/subjects/name`
+//!   (`:.:name` is the default context, so it becomes `name`).
+//! - Apicurio: the (group, artifact) pair becomes `artifact` for group `default` and
+//!   `:.group:artifact` otherwise. The ccompat API takes the group from `X-Registry-GroupId`;
+//!   the native v2/v3 API from the path.
+//!
+//! Operation classes follow Confluent's RBAC: reading a subject's schemas, looking a schema
+//! up and testing compatibility against it are `read`; registering is `write`; deletes (soft or
+//! `permanent=true`) are `delete`; subject-level config and mode are `compat_read` /
+//! `compat_write`; registry- or context-wide settings and metadata are `global_read` /
+//! `global_write`.
+
+use http::{HeaderMap, Method};
+use shared::policy::Operation;
+
+use crate::{canonical::CanonicalRequest, error::Error};
+
+/// Which API family the upstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Flavor {
+    /// Confluent Schema Registry (`/subjects`, `/schemas`, contexts).
+    Confluent,
+    /// Karapace: the Confluent API; contexts are not supported upstream, but mapped the same.
+    Karapace,
+    /// Apicurio Registry: `/apis/ccompat/v7|v8` and the native `/apis/registry/v2|v3`.
+    Apicurio,
+}
+
+/// What a request concerns, for authorization.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The operation applies to each of these canonical subjects.
+    Subjects(Vec<String>),
+    /// A read by schema id: allowed when the caller may read any subject using the id.
+    SchemaId(String),
+    /// A listing: any authenticated caller may ask; the response is filtered to what they may read.
+    List,
+    /// Registry- or context-wide.
+    Global,
+}
+
+/// Authorization-relevant content of the request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyCheck {
+    None,
+    /// `references[].subject` of a schema body each need `read`.
+    References,
+    /// `alias` in a config body needs `compat_write` and `read` on the aliased subject.
+    ConfigAlias,
+    /// Apicurio artifact creation names the artifact in the body (v3) or a header (v2).
+    ApicurioCreate,
+}
+
+/// How a list response is filtered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Filter {
+    None,
+    /// `["subject", ...]`
+    SubjectNames,
+    /// `[{"subject": ..., ...}, ...]`
+    SubjectObjects,
+    /// `{"<field>": [{"groupId": ..., "artifactId"|"id": ...}], "count": n}`
+    ApicurioArtifacts(&'static str),
+}
+
+/// Namespace a subject is written relative to: a Confluent context or an Apicurio group.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Namespace(pub Option<String>);
+
+impl Namespace {
+    /// Canonical form of a subject name a registry returned (or a body referenced) relative
+    /// to this namespace. `None` for a name that cannot be canonicalized.
+    pub fn qualify(&self, name: &str) -> Option<String> {
+        if let Some(rest) = name.strip_prefix(':') {
+            let (ctx, subject) = rest.split_once(':')?;
+            if subject.is_empty() || subject.starts_with(':') || !valid_context(ctx) {
+                return None;
+            }
+            return Some(if ctx == "." {
+                subject.to_owned()
+            } else {
+                name.to_owned()
+            });
+        }
+        Some(match &self.0 {
+            Some(ns) => format!(":{ns}:{name}"),
+            None => name.to_owned(),
+        })
+    }
+}
+
+/// One classified request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The route template, for audit records and metrics.
+    pub name: &'static str,
+    pub operation: Operation,
+    pub target: Target,
+    pub body: BodyCheck,
+    pub filter: Filter,
+    /// Immutable responses (schemas by id) may be served from the cache.
+    pub cacheable: bool,
+    pub namespace: Namespace,
+    /// Where to ask the upstream which subjects use an id (`SchemaId` targets only).
+    pub id_lookup: Option<String>,
+}
+
+fn bad(why: impl Into<String>) -> Error {
+    Error::BadRequest(why.into())
+}
+
+fn valid_context(ctx: &str) -> bool {
+    ctx == "."
+        || (ctx.len() > 1
+            && ctx.starts_with('.')
+            && ctx[1..]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
+}
+
+/// A subject named in a path, relative to the path's namespace.
+enum SubjectRef {
+    Subject(String),
+    /// `:.ctx:` with no name: the context's own settings (config and mode only).
+    ContextLevel,
+}
+
+struct Ctx<'a> {
+    ns: Namespace,
+    flavor: Flavor,
+    /// Path prefix before the Confluent-shaped part (`/apis/ccompat/v7`, `/contexts/.x`).
+    api_prefix: String,
+    query: &'a CanonicalRequest,
+    /// The namespace came from the path or a header; a qualified subject would be ambiguous.
+    ns_explicit: bool,
+}
+
+impl Ctx<'_> {
+    fn subject(&self, raw: &str) -> Result<SubjectRef, Error> {
+        if self.flavor == Flavor::Apicurio {
+            // Apicurio's ccompat can split `group:artifact` (group-concat); refuse the separator
+            // rather than guess which group the registry will use.
+            if raw.contains(':') {
+                return Err(bad("':' in a subject name is ambiguous for Apicurio"));
+            }
+            return Ok(SubjectRef::Subject(
+                self.ns.qualify(raw).ok_or_else(|| bad("invalid subject"))?,
+            ));
+        }
+        if let Some(rest) = raw.strip_prefix(':') {
+            if self.ns_explicit {
+                return Err(bad("context given both in the path and in the subject"));
+            }
+            let (ctx, name) = rest
+                .split_once(':')
+                .ok_or_else(|| bad("qualified subject without a closing ':'"))?;
+            if !valid_context(ctx) {
+                return Err(bad("invalid context name in qualified subject"));
+            }
+            if name.is_empty() {
+                return Ok(SubjectRef::ContextLevel);
+            }
+            if name.starts_with(':') {
+                return Err(bad(
+                    "subject name starting with ':' inside a qualified subject",
+                ));
+            }
+            return Ok(SubjectRef::Subject(if ctx == "." {
+                name.to_owned()
+            } else {
+                raw.to_owned()
+            }));
+        }
+        Ok(SubjectRef::Subject(
+            self.ns.qualify(raw).ok_or_else(|| bad("invalid subject"))?,
+        ))
+    }
+
+    fn named_subject(&self, raw: &str) -> Result<String, Error> {
+        match self.subject(raw)? {
+            SubjectRef::Subject(s) => Ok(s),
+            SubjectRef::ContextLevel => Err(bad("subject name is empty")),
+        }
+    }
+
+    /// The namespace a `subject=` query parameter selects for lookups by id.
+    fn id_namespace(&self) -> Result<Namespace, Error> {
+        match self.query.param("subject") {
+            Some(s)
+                if s.starts_with(':') && !self.ns_explicit && self.flavor != Flavor::Apicurio =>
+            {
+                let ctx = s[1..]
+                    .split_once(':')
+                    .map(|(c, _)| c)
+                    .ok_or_else(|| bad("invalid subject parameter"))?;
+                if !valid_context(ctx) {
+                    return Err(bad("invalid context in subject parameter"));
+                }
+                Ok(Namespace((ctx != ".").then(|| ctx.to_owned())))
+            }
+            _ => Ok(self.ns.clone()),
+        }
+    }
+}
+
+fn ep(name: &'static str, operation: Operation, target: Target, ns: &Namespace) -> Endpoint {
+    Endpoint {
+        name,
+        operation,
+        target,
+        body: BodyCheck::None,
+        filter: Filter::None,
+        cacheable: false,
+        namespace: ns.clone(),
+        id_lookup: None,
+    }
+}
+
+fn header_once<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, Error> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(bad(format!("header {name} given more than once")));
+    }
+    first
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| bad(format!("header {name} is not visible ASCII")))
+        })
+        .transpose()
+}
+
+/// An Apicurio group id as a namespace: `default` is the unqualified namespace.
+fn apicurio_group(group: &str) -> Result<Namespace, Error> {
+    if group.is_empty() || group.contains(':') || group.chars().any(char::is_control) {
+        return Err(bad("invalid Apicurio group id"));
+    }
+    Ok(Namespace((group != "default").then(|| format!(".{group}"))))
+}
+
+/// Classifies a request. `Err` for malformed or unknown requests: unknown ones are
+/// [`Error::UnknownEndpoint`], which the caller denies.
+pub fn classify(
+    method: &Method,
+    req: &CanonicalRequest,
+    headers: &HeaderMap,
+    flavor: Flavor,
+) -> Result<Endpoint, Error> {
+    let segs: Vec<&str> = req.segments.iter().map(String::as_str).collect();
+    let unknown = || Error::UnknownEndpoint(format!("{method} {}", req.path()));
+    match flavor {
+        Flavor::Confluent | Flavor::Karapace => {
+            if let ["contexts", ctx, rest @ ..] = segs.as_slice()
+                && !rest.is_empty()
+            {
+                if !valid_context(ctx) {
+                    return Err(bad(
+                        "invalid context name in path (contexts start with '.')",
+                    ));
+                }
+                let ctx_ns = Namespace((*ctx != ".").then(|| (*ctx).to_owned()));
+                let c = Ctx {
+                    ns: ctx_ns,
+                    flavor,
+                    api_prefix: format!("/contexts/{ctx}"),
+                    query: req,
+                    ns_explicit: true,
+                };
+                return confluent(method, rest, &c, false).ok_or_else(unknown)?;
+            }
+            let c = Ctx {
+                ns: Namespace::default(),
+                flavor,
+                api_prefix: String::new(),
+                query: req,
+                ns_explicit: false,
+            };
+            confluent(method, &segs, &c, true).ok_or_else(unknown)?
+        }
+        Flavor::Apicurio => match segs.as_slice() {
+            ["apis", "ccompat", v @ ("v7" | "v8"), rest @ ..] => {
+                let (ns, explicit) = match header_once(headers, "x-registry-groupid")? {
+                    Some(g) => (apicurio_group(g)?, true),
+                    None => (Namespace::default(), false),
+                };
+                let c = Ctx {
+                    ns,
+                    flavor,
+                    api_prefix: format!("/apis/ccompat/{v}"),
+                    query: req,
+                    ns_explicit: explicit,
+                };
+                confluent(method, rest, &c, false).ok_or_else(unknown)?
+            }
+            ["apis", "registry", v @ ("v2" | "v3"), rest @ ..] => {
+                apicurio_native(method, rest, headers, v == &"v2").ok_or_else(unknown)?
+            }
+            _ => Err(unknown()),
+        },
+    }
+}
+
+/// The Confluent REST API (also Karapace's, and Apicurio's ccompat). `None`: not in the map.
+fn confluent(
+    method: &Method,
+    segs: &[&str],
+    c: &Ctx<'_>,
+    top_level: bool,
+) -> Option<Result<Endpoint, Error>> {
+    use Operation::*;
+    let ns = &c.ns;
+    let subj = |raw: &str, op: Operation, name: &'static str| -> Result<Endpoint, Error> {
+        Ok(ep(
+            name,
+            op,
+            Target::Subjects(vec![c.named_subject(raw)?]),
+            ns,
+        ))
+    };
+    // Subject-level settings; an empty qualified name (`:.ctx:`) means the context's own.
+    let setting = |raw: &str,
+                   op: Operation,
+                   global: Operation,
+                   name: &'static str|
+     -> Result<Endpoint, Error> {
+        Ok(match c.subject(raw)? {
+            SubjectRef::Subject(s) => ep(name, op, Target::Subjects(vec![s]), ns),
+            SubjectRef::ContextLevel => ep(name, global, Target::Global, ns),
+        })
+    };
+    let by_id = |id: &str,
+                 name: &'static str,
+                 filter: Filter,
+                 cacheable: bool|
+     -> Result<Endpoint, Error> {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) || id.len() > 10 {
+            return Err(bad("schema id must be a number"));
+        }
+        let id_ns = c.id_namespace()?;
+        let mut lookup = format!("{}/schemas/ids/{id}/versions?deleted=true", c.api_prefix);
+        if let Some(subject) = c.query.param("subject") {
+            let sub = CanonicalRequest {
+                segments: vec![],
+                query: vec![("subject".into(), subject.into())],
+            };
+            lookup.push('&');
+            lookup.push_str(&sub.query_string());
+        }
+        let mut e = ep(name, Read, Target::SchemaId(id.to_owned()), &id_ns);
+        e.filter = filter;
+        e.cacheable = cacheable;
+        e.id_lookup = Some(lookup);
+        Ok(e)
+    };
+    let with = |r: Result<Endpoint, Error>, body: BodyCheck| {
+        r.map(|mut e| {
+            e.body = body;
+            e
+        })
+    };
+    let list = |name: &'static str, filter: Filter| {
+        let mut e = ep(name, Read, Target::List, ns);
+        e.filter = filter;
+        Ok(e)
+    };
+    let global = |name: &'static str, op: Operation| Ok(ep(name, op, Target::Global, ns));
+    let m = method.clone();
+    Some(match (m, segs) {
+        (Method::GET, []) => global("GET /", GlobalRead),
+        (Method::GET, ["schemas"]) => list("GET /schemas", Filter::SubjectObjects),
+        (Method::GET, ["schemas", "types"]) => global("GET /schemas/types", GlobalRead),
+        (Method::GET, ["schemas", "ids", id]) => {
+            by_id(id, "GET /schemas/ids/{id}", Filter::None, true)
+        }
+        (Method::GET, ["schemas", "ids", id, "schema"]) => {
+            by_id(id, "GET /schemas/ids/{id}/schema", Filter::None, true)
+        }
+        (Method::GET, ["schemas", "ids", id, "subjects"]) => by_id(
+            id,
+            "GET /schemas/ids/{id}/subjects",
+            Filter::SubjectNames,
+            false,
+        ),
+        (Method::GET, ["schemas", "ids", id, "versions"]) => by_id(
+            id,
+            "GET /schemas/ids/{id}/versions",
+            Filter::SubjectObjects,
+            false,
+        ),
+        (Method::GET, ["subjects"]) => list("GET /subjects", Filter::SubjectNames),
+        (Method::POST, ["subjects", s]) => with(
+            subj(s, Read, "POST /subjects/{subject}"),
+            BodyCheck::References,
+        ),
+        (Method::DELETE, ["subjects", s]) => subj(s, Delete, "DELETE /subjects/{subject}"),
+        (Method::GET, ["subjects", s, "versions"]) => {
+            subj(s, Read, "GET /subjects/{subject}/versions")
+        }
+        (Method::POST, ["subjects", s, "versions"]) => with(
+            subj(s, Write, "POST /subjects/{subject}/versions"),
+            BodyCheck::References,
+        ),
+        (Method::GET, ["subjects", s, "versions", _]) => {
+            subj(s, Read, "GET /subjects/{subject}/versions/{version}")
+        }
+        (Method::DELETE, ["subjects", s, "versions", _]) => {
+            subj(s, Delete, "DELETE /subjects/{subject}/versions/{version}")
+        }
+        (Method::GET, ["subjects", s, "versions", _, "schema"]) => {
+            subj(s, Read, "GET /subjects/{subject}/versions/{version}/schema")
+        }
+        (Method::GET, ["subjects", s, "versions", _, "referencedby"]) => subj(
+            s,
+            Read,
+            "GET /subjects/{subject}/versions/{version}/referencedby",
+        ),
+        (Method::GET, ["subjects", s, "metadata"]) => {
+            subj(s, Read, "GET /subjects/{subject}/metadata")
+        }
+        (Method::POST, ["compatibility", "subjects", s, "versions"]) => with(
+            subj(s, Read, "POST /compatibility/subjects/{subject}/versions"),
+            BodyCheck::References,
+        ),
+        (Method::POST, ["compatibility", "subjects", s, "versions", _]) => with(
+            subj(
+                s,
+                Read,
+                "POST /compatibility/subjects/{subject}/versions/{version}",
+            ),
+            BodyCheck::References,
+        ),
+        (Method::GET, ["config"]) => global("GET /config", GlobalRead),
+        (Method::PUT, ["config"]) => global("PUT /config", GlobalWrite),
+        (Method::DELETE, ["config"]) => global("DELETE /config", GlobalWrite),
+        (Method::GET, ["config", s]) => setting(s, CompatRead, GlobalRead, "GET /config/{subject}"),
+        (Method::PUT, ["config", s]) => with(
+            setting(s, CompatWrite, GlobalWrite, "PUT /config/{subject}"),
+            BodyCheck::ConfigAlias,
+        ),
+        (Method::DELETE, ["config", s]) => {
+            setting(s, CompatWrite, GlobalWrite, "DELETE /config/{subject}")
+        }
+        (Method::GET, ["mode"]) => global("GET /mode", GlobalRead),
+        (Method::PUT, ["mode"]) => global("PUT /mode", GlobalWrite),
+        (Method::DELETE, ["mode"]) => global("DELETE /mode", GlobalWrite),
+        (Method::GET, ["mode", s]) => setting(s, CompatRead, GlobalRead, "GET /mode/{subject}"),
+        (Method::PUT, ["mode", s]) => setting(s, CompatWrite, GlobalWrite, "PUT /mode/{subject}"),
+        (Method::DELETE, ["mode", s]) => {
+            setting(s, CompatWrite, GlobalWrite, "DELETE /mode/{subject}")
+        }
+        (Method::GET, ["contexts"]) if top_level => global("GET /contexts", GlobalRead),
+        (Method::DELETE, ["contexts", ctx]) if top_level => {
+            if !valid_context(ctx) || *ctx == "." {
+                Err(bad("invalid context name"))
+            } else {
+                global("DELETE /contexts/{context}", GlobalWrite)
+            }
+        }
+        (Method::GET, ["v1", "metadata", "id"]) if top_level => {
+            global("GET /v1/metadata/id", GlobalRead)
+        }
+        (Method::GET, ["v1", "metadata", "version"]) if top_level => {
+            global("GET /v1/metadata/version", GlobalRead)
+        }
+        _ => return None,
+    })
+}
+
+/// Apicurio's native API, v2 and v3. `None`: not in the map.
+fn apicurio_native(
+    method: &Method,
+    segs: &[&str],
+    headers: &HeaderMap,
+    v2: bool,
+) -> Option<Result<Endpoint, Error>> {
+    use Operation::*;
+    let root = Namespace::default();
+    let global = |name: &'static str, op: Operation| Ok(ep(name, op, Target::Global, &root));
+    let is_get = *method == Method::GET;
+    let read_or = |write: Operation| if is_get { Read } else { write };
+    Some(match segs {
+        ["groups"] => global("/groups", if is_get { GlobalRead } else { GlobalWrite }),
+        ["groups", _] | ["groups", _, "rules", ..] => global(
+            "/groups/{group}",
+            if is_get { GlobalRead } else { GlobalWrite },
+        ),
+        ["groups", g, "artifacts"] => {
+            let ns = match apicurio_group(g) {
+                Ok(ns) => ns,
+                Err(e) => return Some(Err(e)),
+            };
+            match *method {
+                Method::GET => {
+                    let mut e = ep("GET /groups/{group}/artifacts", Read, Target::List, &ns);
+                    e.filter = Filter::ApicurioArtifacts("artifacts");
+                    Ok(e)
+                }
+                Method::POST => {
+                    // v2 names the artifact in a header; v3 in the body, checked once it is read.
+                    let mut e = ep(
+                        "POST /groups/{group}/artifacts",
+                        Write,
+                        Target::Subjects(vec![]),
+                        &ns,
+                    );
+                    if v2 {
+                        match header_once(headers, "x-registry-artifactid") {
+                            Ok(Some(a)) if !a.is_empty() && !a.contains(':') => match ns.qualify(a)
+                            {
+                                Some(s) => e.target = Target::Subjects(vec![s]),
+                                None => return Some(Err(bad("invalid artifact id"))),
+                            },
+                            Ok(_) => {
+                                return Some(Err(bad(
+                                    "X-Registry-ArtifactId is required through registry-proxy",
+                                )));
+                            }
+                            Err(e) => return Some(Err(e)),
+                        }
+                    } else {
+                        e.body = BodyCheck::ApicurioCreate;
+                    }
+                    Ok(e)
+                }
+                Method::DELETE => global("DELETE /groups/{group}/artifacts", GlobalWrite),
+                _ => return None,
+            }
+        }
+        ["groups", g, "artifacts", a, rest @ ..] => {
+            let ns = match apicurio_group(g) {
+                Ok(ns) => ns,
+                Err(e) => return Some(Err(e)),
+            };
+            if a.is_empty() || a.contains(':') {
+                return Some(Err(bad("invalid artifact id")));
+            }
+            let subject = ns.qualify(a)?;
+            let (name, op): (&'static str, Operation) = match (method.clone(), rest) {
+                (Method::GET, []) => ("/groups/{group}/artifacts/{artifact}", Read),
+                (Method::PUT, []) => ("/groups/{group}/artifacts/{artifact}", Write),
+                (Method::DELETE, []) => ("/groups/{group}/artifacts/{artifact}", Delete),
+                (_, ["rules", ..]) => (
+                    "/groups/{group}/artifacts/{artifact}/rules",
+                    if is_get { CompatRead } else { CompatWrite },
+                ),
+                (Method::POST, ["meta"]) => ("/groups/{group}/artifacts/{artifact}/meta", Read),
+                (Method::PUT, ["test"]) => ("/groups/{group}/artifacts/{artifact}/test", Read),
+                (_, ["meta" | "state" | "owner"]) => (
+                    "/groups/{group}/artifacts/{artifact}/{setting}",
+                    read_or(Write),
+                ),
+                (Method::GET | Method::POST, ["versions"]) => (
+                    "/groups/{group}/artifacts/{artifact}/versions",
+                    read_or(Write),
+                ),
+                (Method::DELETE, ["versions", _]) => (
+                    "/groups/{group}/artifacts/{artifact}/versions/{version}",
+                    Delete,
+                ),
+                (Method::GET | Method::PUT, ["versions", _]) => (
+                    "/groups/{group}/artifacts/{artifact}/versions/{version}",
+                    read_or(Write),
+                ),
+                (
+                    _,
+                    [
+                        "versions",
+                        _,
+                        "content" | "references" | "meta" | "state" | "comments",
+                    ],
+                ) => (
+                    "/groups/{group}/artifacts/{artifact}/versions/{version}/{part}",
+                    read_or(Write),
+                ),
+                (Method::PUT | Method::DELETE, ["versions", _, "comments", _]) => (
+                    "/groups/{group}/artifacts/{artifact}/versions/{version}/comments/{comment}",
+                    Write,
+                ),
+                (_, ["branches", ..]) => (
+                    "/groups/{group}/artifacts/{artifact}/branches",
+                    read_or(Write),
+                ),
+                _ => return None,
+            };
+            Ok(ep(name, op, Target::Subjects(vec![subject]), &ns))
+        }
+        ["search", "artifacts"] if is_get || *method == Method::POST => {
+            let mut e = ep("/search/artifacts", Read, Target::List, &root);
+            e.filter = Filter::ApicurioArtifacts("artifacts");
+            Ok(e)
+        }
+        ["search", "versions"] if is_get || *method == Method::POST => {
+            let mut e = ep("/search/versions", Read, Target::List, &root);
+            e.filter = Filter::ApicurioArtifacts("versions");
+            Ok(e)
+        }
+        ["search", "groups"] if is_get => global("GET /search/groups", GlobalRead),
+        ["ids", ..] if is_get => global("GET /ids/...", GlobalRead),
+        ["system", ..] if is_get => global("GET /system/...", GlobalRead),
+        ["users", "me"] if is_get => global("GET /users/me", GlobalRead),
+        ["admin", ..] => global("/admin/...", if is_get { GlobalRead } else { GlobalWrite }),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify_str(method: Method, target: &str, flavor: Flavor) -> Result<Endpoint, Error> {
+        classify_with(method, target, flavor, &HeaderMap::new())
+    }
+
+    fn classify_with(
+        method: Method,
+        target: &str,
+        flavor: Flavor,
+        headers: &HeaderMap,
+    ) -> Result<Endpoint, Error> {
+        let (path, query) = target
+            .split_once('?')
+            .map_or((target, None), |(p, q)| (p, Some(q)));
+        classify(
+            &method,
+            &CanonicalRequest::parse(path, query)?,
+            headers,
+            flavor,
+        )
+    }
+
+    fn subjects(method: Method, target: &str) -> (Operation, Vec<String>) {
+        let e = classify_str(method, target, Flavor::Confluent).unwrap();
+        match e.target {
+            Target::Subjects(s) => (e.operation, s),
+            other => panic!("{target}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn contexts_are_one_canonical_form() {
+        use Operation::*;
+        let want = (Write, vec![":.staging:pay".to_owned()]);
+        assert_eq!(
+            subjects(Method::POST, "/subjects/:.staging:pay/versions"),
+            want
+        );
+        assert_eq!(
+            subjects(Method::POST, "/subjects/%3A.staging%3Apay/versions"),
+            want
+        );
+        assert_eq!(
+            subjects(Method::POST, "/contexts/.staging/subjects/pay/versions"),
+            want
+        );
+        assert_eq!(
+            subjects(Method::GET, "/subjects/:.:pay/versions"),
+            (Read, vec!["pay".to_owned()])
+        );
+        // The default context's path form is a '.' segment, which canonicalization refuses.
+        assert!(
+            classify_str(
+                Method::GET,
+                "/contexts/./subjects/pay/versions",
+                Flavor::Confluent
+            )
+            .is_err()
+        );
+        for refused in [
+            "/contexts/.a/subjects/:.b:pay/versions",
+            "/contexts/staging/subjects/pay/versions",
+            "/subjects/:staging:pay/versions",
+            "/subjects/:.staging/versions",
+            "/subjects/:.a::.b:x/versions",
+            "/subjects/:*:x/versions",
+        ] {
+            assert!(
+                matches!(
+                    classify_str(Method::GET, refused, Flavor::Confluent),
+                    Err(Error::BadRequest(_))
+                ),
+                "{refused}"
+            );
+        }
+    }
+
+    #[test]
+    fn context_level_settings_are_global() {
+        let e = classify_str(Method::PUT, "/config/:.staging:", Flavor::Confluent).unwrap();
+        assert_eq!(
+            (e.operation, e.target),
+            (Operation::GlobalWrite, Target::Global)
+        );
+    }
+
+    #[test]
+    fn ids_look_up_in_their_context() {
+        let e = classify_str(Method::GET, "/contexts/.x/schemas/ids/7", Flavor::Confluent).unwrap();
+        assert_eq!(e.target, Target::SchemaId("7".into()));
+        assert_eq!(
+            e.id_lookup.as_deref(),
+            Some("/contexts/.x/schemas/ids/7/versions?deleted=true")
+        );
+        assert_eq!(e.namespace, Namespace(Some(".x".into())));
+        let e = classify_str(
+            Method::GET,
+            "/schemas/ids/7?subject=:.y:s",
+            Flavor::Confluent,
+        )
+        .unwrap();
+        assert_eq!(e.namespace, Namespace(Some(".y".into())));
+        assert!(classify_str(Method::GET, "/schemas/ids/abc", Flavor::Confluent).is_err());
+    }
+
+    #[test]
+    fn unknown_endpoints_are_denied() {
+        for (m, p) in [
+            (Method::GET, "/exporters"),
+            (Method::POST, "/subjects"),
+            (Method::PATCH, "/subjects/x/versions"),
+            (Method::GET, "/dek-registry/v1/keks"),
+            (Method::GET, "/apis/ccompat/v7/subjects"),
+            (Method::GET, "/subjects/x/versions/1/extra"),
+        ] {
+            assert!(
+                matches!(
+                    classify_str(m.clone(), p, Flavor::Confluent),
+                    Err(Error::UnknownEndpoint(_))
+                ),
+                "{m} {p}"
+            );
+        }
+        assert!(matches!(
+            classify_str(Method::GET, "/subjects", Flavor::Apicurio),
+            Err(Error::UnknownEndpoint(_))
+        ));
+    }
+
+    #[test]
+    fn apicurio_groups_are_namespaces() {
+        let mut h = HeaderMap::new();
+        h.insert("x-registry-groupid", "payments".parse().unwrap());
+        let e = classify_with(
+            Method::POST,
+            "/apis/ccompat/v7/subjects/card/versions",
+            Flavor::Apicurio,
+            &h,
+        )
+        .unwrap();
+        assert_eq!(e.target, Target::Subjects(vec![":.payments:card".into()]));
+        let e = classify_str(
+            Method::GET,
+            "/apis/ccompat/v7/subjects/card/versions",
+            Flavor::Apicurio,
+        )
+        .unwrap();
+        assert_eq!(e.target, Target::Subjects(vec!["card".into()]));
+        let e = classify_str(
+            Method::DELETE,
+            "/apis/registry/v3/groups/payments/artifacts/card/versions/3",
+            Flavor::Apicurio,
+        )
+        .unwrap();
+        assert_eq!(
+            (e.operation, e.target),
+            (
+                Operation::Delete,
+                Target::Subjects(vec![":.payments:card".into()])
+            )
+        );
+        let e = classify_str(
+            Method::GET,
+            "/apis/registry/v3/groups/default/artifacts/card",
+            Flavor::Apicurio,
+        )
+        .unwrap();
+        assert_eq!(e.target, Target::Subjects(vec!["card".into()]));
+        assert!(
+            classify_str(
+                Method::GET,
+                "/apis/ccompat/v7/subjects/g:card/versions",
+                Flavor::Apicurio
+            )
+            .is_err()
+        );
+        h.append("x-registry-groupid", "other".parse().unwrap());
+        assert!(
+            classify_with(
+                Method::GET,
+                "/apis/ccompat/v7/subjects/card/versions",
+                Flavor::Apicurio,
+                &h
+            )
+            .is_err()
+        );
+    }
+}

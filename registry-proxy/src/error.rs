@@ -1,0 +1,115 @@
+//! The crate's error type and its one mapping to HTTP responses.
+//!
+//! Every refusal answers in the Confluent error shape, `{"error_code": 40301, "message":
+//! "..."}`, so registry clients print something useful. The message says what was refused,
+//! never why a token failed or what the upstream said: those details go to the audit record
+//! and the log, where an operator can see them and an attacker cannot.
+
+use axum::{
+    Json,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+};
+use serde_json::json;
+
+/// Why a request was not forwarded, or failed on the way.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Client: the request is malformed or ambiguous (path, query, headers, body).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// Client: no bearer token, or one that does not validate. The detail is for the audit log.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// Client: authenticated, but no rule permits the operation. The message is what the
+    /// client sees; it names the operation and subject, as Confluent's own ACL errors do.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// Client: the endpoint is not in the endpoint map, so it is denied.
+    #[error("unknown endpoint: {0}")]
+    UnknownEndpoint(String),
+    /// Client: the body exceeds the configured limit.
+    #[error("request body over {0} bytes")]
+    BodyTooLarge(usize),
+    /// Upstream: the registry could not be reached or answered something unusable.
+    #[error("upstream: {0}")]
+    Upstream(String),
+    /// Identity provider: discovery or JWKS could not be fetched.
+    #[error("identity provider: {0}")]
+    Oidc(String),
+    /// Internal: configuration that does not validate; every problem is listed.
+    #[error("configuration:\n{}", .0.join("\n"))]
+    Config(Vec<String>),
+    /// Internal: a listener or file failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+    /// Internal: the shared crate refused policy or TLS material.
+    #[error(transparent)]
+    Shared(#[from] shared::Error),
+}
+
+impl Error {
+    /// HTTP status and Confluent error code.
+    pub fn status(&self) -> (StatusCode, u32) {
+        match self {
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, 40001),
+            Self::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, 40101),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, 40301),
+            Self::UnknownEndpoint(_) => (StatusCode::FORBIDDEN, 40302),
+            Self::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 41301),
+            Self::Upstream(_) | Self::Oidc(_) => (StatusCode::BAD_GATEWAY, 50201),
+            Self::Config(_) | Self::Io(_) | Self::Shared(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, 50001)
+            }
+        }
+    }
+
+    /// The message a client sees.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::BadRequest(why) => format!("Bad request: {why}"),
+            Self::Unauthenticated(_) => "Unauthorized: a valid bearer token is required".into(),
+            Self::Forbidden(what) => what.clone(),
+            Self::UnknownEndpoint(_) => {
+                "Forbidden: this endpoint is not permitted through registry-proxy".into()
+            }
+            Self::BodyTooLarge(limit) => format!("Request body larger than {limit} bytes"),
+            Self::Upstream(_) => "Schema registry unavailable".into(),
+            Self::Oidc(_) => "Identity provider unavailable".into(),
+            Self::Config(_) | Self::Io(_) | Self::Shared(_) => "Internal error".into(),
+        }
+    }
+
+    /// A short word for metrics and audit records.
+    pub fn decision(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) | Self::BodyTooLarge(_) => "refused",
+            Self::Unauthenticated(_) => "unauthenticated",
+            Self::Forbidden(_) | Self::UnknownEndpoint(_) => "deny",
+            _ => "error",
+        }
+    }
+}
+
+/// A Confluent-shaped error body.
+pub fn confluent_error(status: StatusCode, code: u32, message: &str) -> Response {
+    let mut response = (
+        status,
+        Json(json!({"error_code": code, "message": message})),
+    )
+        .into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+    }
+    response
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status();
+        confluent_error(status, code, &self.public_message())
+    }
+}

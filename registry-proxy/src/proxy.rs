@@ -1,0 +1,376 @@
+//! The request pipeline: one function from client request to response and audit record.
+//!
+//! refuse method overrides -> canonicalize -> authenticate -> classify -> read body ->
+//! authorize (ids looked up upstream, cached) -> serve from cache or forward -> filter lists
+//! -> respond. Every path out of [`handle`] writes exactly one audit record, including a
+//! client disconnecting mid-request (`aborted`, written when the request future is dropped).
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+use axum::{
+    body::{Body, to_bytes},
+    extract::{ConnectInfo, State},
+    http::{HeaderMap, Request, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use shared::{policy::PolicyStore, principal::Principal};
+
+use crate::{
+    audit::{Audit, AuditRecord, rfc3339_now},
+    auth::Authenticator,
+    authz::{self, Outcome},
+    cache::{CachedResponse, Caches},
+    canonical::CanonicalRequest,
+    config::{Config, Mode},
+    endpoints::{self, Endpoint, Target},
+    error::{Error, confluent_error},
+    filter,
+    metrics::Metrics,
+    upstream::Upstream,
+};
+
+/// Everything a request needs, shared by all requests.
+pub struct AppState {
+    pub config: Config,
+    pub policy: Arc<PolicyStore>,
+    pub auth: Authenticator,
+    pub upstream: Upstream,
+    pub caches: Caches,
+    pub audit: Audit,
+    pub metrics: Metrics,
+    /// Request ids: a per-process prefix and a counter, unique without a random source.
+    pub id_prefix: String,
+    pub next_id: AtomicU64,
+}
+
+/// Headers that ask a server to treat a request as another method. Jersey honours
+/// `X-HTTP-Method-Override` when its filter is on; refusing them all keeps the method the
+/// proxy authorized the method the registry runs.
+const METHOD_OVERRIDES: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Writes the record when dropped, so a request whose future is dropped (client gone) is
+/// still recorded, as `aborted`.
+struct AuditGuard<'a> {
+    audit: &'a Audit,
+    record: Option<AuditRecord>,
+}
+
+impl Drop for AuditGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(mut record) = self.record.take() {
+            record.decision = "aborted";
+            record
+                .reason
+                .get_or_insert_with(|| "client closed the connection before the response".into());
+            self.audit.write(&record);
+        }
+    }
+}
+
+pub async fn handle(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request<Body>,
+) -> Response {
+    let started = Instant::now();
+    let request_id = format!(
+        "{}-{:06}",
+        state.id_prefix,
+        state.next_id.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut guard = AuditGuard {
+        audit: &state.audit,
+        record: Some(AuditRecord {
+            time: rfc3339_now(),
+            request_id,
+            client_addr: peer.to_string(),
+            method: req.method().to_string(),
+            path: req
+                .uri()
+                .path_and_query()
+                .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned()),
+            decision: "error",
+            ..AuditRecord::default()
+        }),
+    };
+    let result = {
+        let record = guard.record.get_or_insert_with(AuditRecord::default);
+        process(&state, req, record).await
+    };
+    // From here on nothing awaits, so the guard's job (recording a dropped request) is done.
+    let mut record = guard.record.take().unwrap_or_default();
+    let mut response = match result {
+        Ok(response) => response,
+        Err(e) => {
+            // A denial already carries its decision and the missing grant; anything else
+            // replaces what was recorded so far (a permit followed by an upstream failure).
+            if !matches!(e, Error::Forbidden(_)) {
+                record.decision = e.decision();
+                record.reason = Some(e.to_string());
+            }
+            if matches!(e, Error::Upstream(_) | Error::Oidc(_)) {
+                tracing::warn!(request_id = %record.request_id, error = %e, "request failed");
+            }
+            e.into_response()
+        }
+    };
+    if let Ok(id) = http::HeaderValue::from_str(&record.request_id) {
+        // Lets a client quote the id an operator finds in the audit log.
+        response.headers_mut().insert("x-request-id", id);
+    }
+    record.status = response.status().as_u16();
+    record.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    state
+        .metrics
+        .requests
+        .with_label_values(&[
+            record.operation.unwrap_or("none"),
+            record.decision,
+            response.status().as_str(),
+        ])
+        .inc();
+    state.audit.write(&record);
+    response
+}
+
+async fn process(
+    state: &AppState,
+    req: Request<Body>,
+    record: &mut AuditRecord,
+) -> Result<Response, Error> {
+    let (parts, body) = req.into_parts();
+    if let Some(h) = METHOD_OVERRIDES
+        .iter()
+        .find(|h| parts.headers.contains_key(**h))
+    {
+        return Err(Error::BadRequest(format!(
+            "method-override header {h} is not accepted"
+        )));
+    }
+    let canonical = CanonicalRequest::parse(parts.uri.path(), parts.uri.query())?;
+    record.path = canonical.path_and_query();
+
+    let principal = state
+        .auth
+        .authenticate(parts.headers.get(header::AUTHORIZATION))
+        .await?;
+    record.principal = Some(principal.to_string());
+    record.groups = principal.groups.clone();
+    record.client_id = principal.client_id.clone();
+
+    let endpoint = endpoints::classify(
+        &parts.method,
+        &canonical,
+        &parts.headers,
+        state.config.upstream_kind,
+    )?;
+    record.endpoint = Some(endpoint.name);
+    record.operation = Some(endpoint.operation.as_str());
+    if let Target::Subjects(s) = &endpoint.target {
+        record.subjects = s.clone();
+    }
+
+    let body = to_bytes(body, state.config.max_body_bytes)
+        .await
+        .map_err(|_| Error::BodyTooLarge(state.config.max_body_bytes))?;
+    let needs = authz::requirements(&endpoint, &body)?;
+    for (_, s) in &needs {
+        if !record.subjects.contains(s) {
+            record.subjects.push(s.clone());
+        }
+    }
+
+    let policy = state.policy.current();
+    let outcome = match &endpoint.target {
+        Target::SchemaId(id) => {
+            let subjects =
+                match id_subjects(state, &endpoint, &parts.headers, &principal, record).await? {
+                    Ok(subjects) => subjects,
+                    Err(not_found) => {
+                        record.decision = "not_found";
+                        record.reason = Some("schema id not found upstream".into());
+                        return Ok(not_found);
+                    }
+                };
+            record.subjects = subjects.to_vec();
+            authz::decide_by_id(&policy.registry, &principal, id, &subjects)
+        }
+        _ => authz::decide(&policy.registry, &principal, &endpoint, &needs),
+    };
+    match outcome {
+        Outcome::Permit(rules) => {
+            record.decision = "permit";
+            record.rule_id = Some(rules.join(","));
+        }
+        Outcome::Filtered => {
+            record.decision = "permit";
+            record.reason = Some("listing: response filtered to readable subjects".into());
+        }
+        Outcome::Deny { message, missing } => {
+            record.reason = Some(missing);
+            if state.config.mode == Mode::Audit {
+                record.decision = "audit_only_deny";
+            } else {
+                record.decision = "deny";
+                return Err(Error::Forbidden(message));
+            }
+        }
+    }
+
+    let path = canonical.path_and_query();
+    let cache_key = endpoint.cacheable.then(|| cache_key(&path, &parts.headers));
+    if let Some(key) = &cache_key {
+        if let Some(hit) = state.caches.schemas.get(key) {
+            state
+                .metrics
+                .cache
+                .with_label_values(&["schema", "hit"])
+                .inc();
+            record.cache = Some("hit");
+            return Ok(respond(hit.status, hit.content_type, hit.body));
+        }
+        state
+            .metrics
+            .cache
+            .with_label_values(&["schema", "miss"])
+            .inc();
+        record.cache = Some("miss");
+    }
+
+    let upstream = state
+        .upstream
+        .send(
+            endpoint.name,
+            parts.method.clone(),
+            &path,
+            &parts.headers,
+            body,
+            parts.headers.get(header::AUTHORIZATION),
+            &principal,
+            &record.request_id,
+        )
+        .await?;
+    record.upstream_status = Some(upstream.status);
+    let mut body = upstream.body;
+    if (200..300).contains(&upstream.status) && endpoint.filter != endpoints::Filter::None {
+        let mut json: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| Error::Upstream(format!("list response is not JSON: {e}")))?;
+        let registry = &policy.registry;
+        let can_read = |s: &str| {
+            registry
+                .check(&principal, shared::policy::Operation::Read, s)
+                .is_permit()
+        };
+        filter::filter_body(endpoint.filter, &endpoint.namespace, &mut json, &can_read)
+            .map_err(Error::Upstream)?;
+        body = Bytes::from(serde_json::to_vec(&json).map_err(|e| Error::Upstream(e.to_string()))?);
+    }
+    if let Some(key) = cache_key
+        && upstream.status == 200
+    {
+        state.caches.schemas.insert(
+            key,
+            CachedResponse {
+                status: 200,
+                content_type: upstream.content_type.clone(),
+                body: body.clone(),
+            },
+        );
+    }
+    Ok(respond(upstream.status, upstream.content_type, body))
+}
+
+/// The cache key: canonical target plus the Apicurio group header that selects a namespace.
+fn cache_key(path: &str, headers: &HeaderMap) -> String {
+    match headers
+        .get("x-registry-groupid")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(g) => format!("{g}\n{path}"),
+        None => path.to_owned(),
+    }
+}
+
+/// The subjects using an endpoint's schema id, from the cache or the upstream. The inner
+/// `Err` is a response to send as-is (the id does not exist).
+async fn id_subjects(
+    state: &AppState,
+    endpoint: &Endpoint,
+    headers: &HeaderMap,
+    principal: &Principal,
+    record: &AuditRecord,
+) -> Result<Result<Arc<Vec<String>>, Response>, Error> {
+    let lookup = endpoint
+        .id_lookup
+        .as_deref()
+        .ok_or_else(|| Error::Upstream("no id lookup for endpoint".into()))?;
+    let key = cache_key(lookup, headers);
+    if let Some(hit) = state.caches.id_subjects.get(&key) {
+        state
+            .metrics
+            .cache
+            .with_label_values(&["id_subjects", "hit"])
+            .inc();
+        return Ok(Ok(hit));
+    }
+    state
+        .metrics
+        .cache
+        .with_label_values(&["id_subjects", "miss"])
+        .inc();
+    let mut lookup_headers = HeaderMap::new();
+    if let Some(g) = headers.get("x-registry-groupid") {
+        lookup_headers.insert("x-registry-groupid", g.clone());
+    }
+    lookup_headers.insert(
+        header::ACCEPT,
+        http::HeaderValue::from_static("application/json"),
+    );
+    let answer = state
+        .upstream
+        .send(
+            "id lookup",
+            http::Method::GET,
+            lookup,
+            &lookup_headers,
+            Bytes::new(),
+            None,
+            principal,
+            &record.request_id,
+        )
+        .await?;
+    match answer.status {
+        200 => {
+            let subjects = Arc::new(authz::subjects_of(&answer.body, &endpoint.namespace)?);
+            state.caches.id_subjects.insert(key, subjects.clone());
+            Ok(Ok(subjects))
+        }
+        404 => Ok(Err(confluent_error(
+            StatusCode::NOT_FOUND,
+            40403,
+            "Schema not found",
+        ))),
+        other => Err(Error::Upstream(format!("id lookup answered {other}"))),
+    }
+}
+
+fn respond(status: u16, content_type: Option<http::HeaderValue>, body: Bytes) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    let mut response = (status, body).into_response();
+    if let Some(ct) = content_type {
+        response.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    response
+}
