@@ -174,6 +174,7 @@ impl Conn<'_> {
         queue: mpsc::Sender<InFlight>,
     ) -> Result<(), Error> {
         let max = self.server.config.max_frame_bytes;
+        let mut scratch = Vec::new();
         loop {
             // Wait for the next frame to start (cancel-safe) so shutdown never cuts one in half.
             tokio::select! {
@@ -255,7 +256,7 @@ impl Conn<'_> {
             }
             match whole {
                 Ok(head) => {
-                    head.forward(&mut client, &mut upstream, Side::Upstream)
+                    head.forward(&mut client, &mut upstream, Side::Upstream, &mut scratch)
                         .await?
                 }
                 Err(frame) => upstream
@@ -284,6 +285,7 @@ impl Conn<'_> {
         mut queue: mpsc::Receiver<InFlight>,
     ) -> Result<(), Error> {
         let mut unanswered_acks0 = Acks0::default();
+        let mut scratch = Vec::new();
         loop {
             let pending = tokio::select! {
                 next = queue.recv() => match next {
@@ -337,7 +339,7 @@ impl Conn<'_> {
                                 .await
                                 .map_err(Error::io(Side::Client))?;
                         } else {
-                            head.forward(&mut upstream, &mut client, Side::Client)
+                            head.forward(&mut upstream, &mut client, Side::Client, &mut scratch)
                                 .await?;
                         }
                         break;

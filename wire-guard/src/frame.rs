@@ -8,9 +8,7 @@
 //! [`Head::complete`]. Either way the bytes sent are the bytes received.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use tokio::io::{
-    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt,
-};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 use crate::error::{Error, Side};
 
@@ -92,38 +90,66 @@ impl Head {
     }
 
     /// Writes what was read and streams the rest of the frame from `reader` to `writer`.
-    pub async fn forward<R, W>(self, reader: &mut R, writer: &mut W, to: Side) -> Result<(), Error>
+    ///
+    /// Bodies over a quarter of [`SCRATCH_BYTES`] go through `scratch`, grown once to
+    /// [`SCRATCH_BYTES`] and kept by the caller: reads that large bypass the reader's buffer, so
+    /// a multi-megabyte Fetch response crosses the proxy in a few large reads and writes rather
+    /// than many buffer-sized ones. Connections that only carry small frames never allocate it.
+    pub async fn forward<R, W>(
+        self,
+        reader: &mut BufReader<R>,
+        writer: &mut W,
+        to: Side,
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), Error>
     where
-        R: AsyncBufRead + Unpin,
+        R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
         writer.write_all(&self.buf).await.map_err(Error::io(to))?;
-        let rest = (4 + self.len - self.buf.len()) as u64;
-        if rest == 0 {
-            return Ok(());
+        let rest = 4 + self.len - self.buf.len();
+        let large = rest > SCRATCH_BYTES / 4;
+        if large && scratch.capacity() < SCRATCH_BYTES {
+            scratch.reserve_exact(SCRATCH_BYTES);
         }
-        let mut source = reader.take(rest);
-        let mut copied = 0u64;
-        loop {
-            let chunk = source.fill_buf().await.map_err(Error::io(self.side))?;
-            if chunk.is_empty() {
-                break;
+        let mut copied = 0;
+        while copied < rest {
+            let left = rest - copied;
+            let n = if large {
+                scratch.clear();
+                let want = left.min(scratch.capacity()) as u64;
+                let n = (&mut *reader)
+                    .take(want)
+                    .read_buf(scratch)
+                    .await
+                    .map_err(Error::io(self.side))?;
+                writer
+                    .write_all(&scratch[..n])
+                    .await
+                    .map_err(Error::io(to))?;
+                n
+            } else {
+                let chunk = reader.fill_buf().await.map_err(Error::io(self.side))?;
+                let n = chunk.len().min(left);
+                writer.write_all(&chunk[..n]).await.map_err(Error::io(to))?;
+                reader.consume(n);
+                n
+            };
+            if n == 0 {
+                return Err(Error::Truncated {
+                    side: self.side,
+                    got: self.buf.len() - 4 + copied,
+                    expected: self.len,
+                });
             }
-            let n = chunk.len();
-            writer.write_all(chunk).await.map_err(Error::io(to))?;
-            source.consume(n);
-            copied += n as u64;
-        }
-        if copied < rest {
-            return Err(Error::Truncated {
-                side: self.side,
-                got: self.buf.len() - 4 + copied as usize,
-                expected: self.len,
-            });
+            copied += n;
         }
         Ok(())
     }
 }
+
+/// The largest single read and write when streaming a large frame body.
+pub const SCRATCH_BYTES: usize = 256 * 1024;
 
 /// Reads from `reader` into `buf` until it holds `want` bytes.
 async fn fill<R: AsyncRead + Unpin>(
@@ -285,7 +311,7 @@ mod tests {
         assert_eq!(head.payload(), &[1, 2, 3, 4]);
         assert!(!head.is_complete());
         let mut out = Vec::new();
-        head.forward(&mut reader, &mut out, Side::Client)
+        head.forward(&mut reader, &mut out, Side::Client, &mut Vec::new())
             .await
             .unwrap();
         assert_eq!(out, &input[..10]);
@@ -297,7 +323,7 @@ mod tests {
             .unwrap()
             .unwrap();
         let err = head
-            .forward(&mut reader, &mut Vec::new(), Side::Client)
+            .forward(&mut reader, &mut Vec::new(), Side::Client, &mut Vec::new())
             .await
             .unwrap_err();
         assert!(
@@ -311,6 +337,32 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn large_bodies_stream_through_the_scratch_buffer_intact() {
+        let body: Vec<u8> = (0..(3 * SCRATCH_BYTES + 17))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut input = (body.len() as i32).to_be_bytes().to_vec();
+        input.extend_from_slice(&body);
+        input.extend_from_slice(&[0, 0, 0, 1, 42]); // the next frame stays unread
+        let mut reader = tokio::io::BufReader::with_capacity(1024, input.as_slice());
+        let head = read_head(&mut reader, usize::MAX, Side::Upstream, 4)
+            .await
+            .unwrap()
+            .unwrap();
+        let (mut out, mut scratch) = (Vec::new(), Vec::new());
+        head.forward(&mut reader, &mut out, Side::Client, &mut scratch)
+            .await
+            .unwrap();
+        assert_eq!(out, &input[..4 + body.len()]);
+        assert!(scratch.capacity() >= SCRATCH_BYTES);
+        let next = read(&mut reader, 100, Side::Upstream)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.payload().as_ref(), &[42]);
     }
 
     #[test]
