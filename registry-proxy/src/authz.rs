@@ -1,12 +1,13 @@
 //! Authorization: the policy's decision for a classified request.
 //!
 //! Deny by default. A request concerning several subjects (a schema with references, a config
-//! alias) needs every grant; a read by schema id needs `read` on any one subject using the id.
+//! alias) needs every grant; a read by schema id needs `read` on any one subject using the id,
+//! or, where the registry cannot say which subjects those are (Apicurio), on every subject.
 //! The outcome carries the ids of the rules that permitted it, for the audit record.
 
 use serde::Deserialize;
 use shared::{
-    policy::{Decision, Operation, RegistryPolicy},
+    policy::{Decision, Operation, RegistryPolicy, SubjectPattern},
     principal::Principal,
 };
 
@@ -53,10 +54,14 @@ pub fn requirements(endpoint: &Endpoint, body: &[u8]) -> Result<Vec<(Operation, 
             }
         }
         BodyCheck::ConfigAlias => {
+            // Confluent's AliasFilter rewrites `/subjects/{alias}/...` for every method, so
+            // after the alias every operation on the subject acts on the target: setting it
+            // needs every subject-level operation there.
             if let Some(alias) = parse::<ConfigBody>(body)?.alias.filter(|a| !a.is_empty()) {
                 let target = qualify(&alias)?;
-                needs.push((Operation::CompatWrite, target.clone()));
-                needs.push((Operation::Read, target));
+                for op in SUBJECT_OPERATIONS {
+                    needs.push((op, target.clone()));
+                }
             }
         }
         BodyCheck::ApicurioCreate => {
@@ -73,6 +78,15 @@ pub fn requirements(endpoint: &Endpoint, body: &[u8]) -> Result<Vec<(Operation, 
     }
     Ok(needs)
 }
+
+/// Every operation that concerns a single subject.
+const SUBJECT_OPERATIONS: [Operation; 5] = [
+    Operation::Read,
+    Operation::Write,
+    Operation::Delete,
+    Operation::CompatRead,
+    Operation::CompatWrite,
+];
 
 /// Parses only the fields authorization needs. Derived `Deserialize` refuses a duplicated
 /// field, so `{"alias": "a", "alias": "b"}` cannot be read one way here and another upstream.
@@ -131,6 +145,17 @@ pub fn decide(
 ) -> Outcome {
     match &endpoint.target {
         Target::List => Outcome::Filtered,
+        Target::EverySubject => {
+            let op = endpoint.operation;
+            match policy.rules.iter().find(|r| {
+                r.operations.contains(&op)
+                    && r.subjects.contains(&SubjectPattern::Any)
+                    && r.principals.iter().any(|p| p.matches(who))
+            }) {
+                Some(rule) => Outcome::Permit(vec![rule.id.to_string()]),
+                None => denied(who, op, Some("*")),
+            }
+        }
         Target::Global => match policy.check_global(who, endpoint.operation) {
             d @ Decision::Permit(_) => {
                 Outcome::Permit(vec![d.rule_id().unwrap_or_default().to_owned()])
@@ -193,7 +218,7 @@ pub fn subjects_of(body: &[u8], ns: &Namespace) -> Result<Vec<String>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::endpoints::Filter;
+    use crate::endpoints::{Filter, SubjectCheck};
     use shared::{
         policy::{RegistryRule, SubjectPattern},
         principal::PrincipalPattern,
@@ -208,18 +233,28 @@ mod tests {
             filter: Filter::None,
             cacheable: false,
             namespace: Namespace::default(),
+            names: Namespace::default(),
+            subject_check: SubjectCheck::None,
             id_lookup: None,
         }
     }
 
     fn policy() -> RegistryPolicy {
         RegistryPolicy {
-            rules: vec![RegistryRule {
-                id: "pay".into(),
-                principals: vec![PrincipalPattern::Any],
-                subjects: vec![SubjectPattern::parse("pay*").unwrap()],
-                operations: vec![Operation::Read, Operation::Write, Operation::CompatWrite],
-            }],
+            rules: vec![
+                RegistryRule {
+                    id: "pay".into(),
+                    principals: vec![PrincipalPattern::Any],
+                    subjects: vec![SubjectPattern::parse("pay*").unwrap()],
+                    operations: vec![Operation::Read, Operation::Write, Operation::CompatWrite],
+                },
+                RegistryRule {
+                    id: "pay-owned".into(),
+                    principals: vec![PrincipalPattern::Any],
+                    subjects: vec![SubjectPattern::parse("pay-owned*").unwrap()],
+                    operations: SUBJECT_OPERATIONS.to_vec(),
+                },
+            ],
         }
     }
 
@@ -257,6 +292,11 @@ mod tests {
             Outcome::Deny { .. }
         ));
         let needs = requirements(&e, br#"{"alias":"pay-other"}"#).unwrap();
+        assert!(
+            matches!(decide(&policy(), &who, &e, &needs), Outcome::Deny { .. }),
+            "read and compat_write on the target are not enough: writes and deletes follow the alias"
+        );
+        let needs = requirements(&e, br#"{"alias":"pay-owned-2"}"#).unwrap();
         assert!(matches!(
             decide(&policy(), &who, &e, &needs),
             Outcome::Permit(_)
@@ -282,5 +322,27 @@ mod tests {
             decide_by_id(&policy(), &who, "1", &[]),
             Outcome::Deny { .. }
         ));
+    }
+
+    #[test]
+    fn every_subject_targets_need_a_rule_on_star() {
+        let who = Principal::user("a");
+        let mut e = endpoint(Operation::Read, "x", BodyCheck::None);
+        e.target = Target::EverySubject;
+        assert!(matches!(
+            decide(&policy(), &who, &e, &[]),
+            Outcome::Deny { .. }
+        ));
+        let mut everything = policy();
+        everything.rules.push(RegistryRule {
+            id: "all".into(),
+            principals: vec![PrincipalPattern::Any],
+            subjects: vec![SubjectPattern::Any],
+            operations: vec![Operation::Read],
+        });
+        assert_eq!(
+            decide(&everything, &who, &e, &[]),
+            Outcome::Permit(vec!["all".into()])
+        );
     }
 }

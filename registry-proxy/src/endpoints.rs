@@ -8,7 +8,11 @@
 //!   (`:.:name` is the default context, so it becomes `name`).
 //! - Apicurio: the (group, artifact) pair becomes `artifact` for group `default` and
 //!   `:.group:artifact` otherwise. The ccompat API takes the group from `X-Registry-GroupId`;
-//!   the native v2/v3 API from the path.
+//!   the native v2/v3 API from the path. Reads by id (ccompat `/schemas/ids/..`, native
+//!   `/ids/..`) are not tied to a group and need `read` on every subject.
+//!
+//! Names the registry returns and names in a request body are relative to different
+//! namespaces: see [`Endpoint::names`] and [`Endpoint::namespace`].
 //!
 //! Operation classes follow Confluent's RBAC: reading a subject's schemas, looking a schema
 //! up and testing compatibility against it are `read`; registering is `write`; deletes (soft or
@@ -40,6 +44,9 @@ pub enum Target {
     Subjects(Vec<String>),
     /// A read by schema id: allowed when the caller may read any subject using the id.
     SchemaId(String),
+    /// The operation on every subject: a rule must grant it on `*`. Apicurio's reads by id
+    /// answer from every group and cannot be tied to the artifacts the caller may read.
+    EverySubject,
     /// A listing: any authenticated caller may ask; the response is filtered to what they may read.
     List,
     /// Registry- or context-wide.
@@ -52,7 +59,7 @@ pub enum BodyCheck {
     None,
     /// `references[].subject` of a schema body each need `read`.
     References,
-    /// `alias` in a config body needs `compat_write` and `read` on the aliased subject.
+    /// `alias` in a config body needs every subject-level operation on the aliased subject.
     ConfigAlias,
     /// Apicurio artifact creation names the artifact in the body (v3) or a header (v2).
     ApicurioCreate,
@@ -68,6 +75,19 @@ pub enum Filter {
     SubjectObjects,
     /// `{"<field>": [{"groupId": ..., "artifactId"|"id": ...}], "count": n}`
     ApicurioArtifacts(&'static str),
+}
+
+/// Which subject a 200 response must be about. Confluent answers a version read or a lookup
+/// on a default-context subject that lacks the version or schema from another context
+/// (`:.secret:payments-value`), so the authorized subject is not necessarily the one answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubjectCheck {
+    None,
+    /// The response's `subject` must be the authorized subject.
+    Response,
+    /// The response names no subject: first `GET` this path (the version itself) upstream and
+    /// require its `subject` to be the authorized subject.
+    Version(String),
 }
 
 /// Namespace a subject is written relative to: a Confluent context or an Apicurio group.
@@ -107,7 +127,15 @@ pub struct Endpoint {
     pub filter: Filter,
     /// Immutable responses (schemas by id) may be served from the cache.
     pub cacheable: bool,
+    /// What names in the request body (schema references, a config `alias`) are relative to:
+    /// for Confluent the context of the path's subject, as its `qualifySubjectWithParent` does.
     pub namespace: Namespace,
+    /// What names in upstream responses are relative to. Confluent and Karapace answer with
+    /// the stored names, unqualified meaning the default context, whatever the request path;
+    /// Apicurio ccompat answers with bare artifact ids of the `X-Registry-GroupId` group.
+    pub names: Namespace,
+    /// Whether the answer must be checked to concern the authorized subject.
+    pub subject_check: SubjectCheck,
     /// Where to ask the upstream which subjects use an id (`SchemaId` targets only).
     pub id_lookup: Option<String>,
 }
@@ -129,7 +157,7 @@ fn valid_context(ctx: &str) -> bool {
 enum SubjectRef {
     Subject(String),
     /// `:.ctx:` with no name: the context's own settings (config and mode only).
-    ContextLevel,
+    ContextLevel(Namespace),
 }
 
 struct Ctx<'a> {
@@ -165,7 +193,9 @@ impl Ctx<'_> {
                 return Err(bad("invalid context name in qualified subject"));
             }
             if name.is_empty() {
-                return Ok(SubjectRef::ContextLevel);
+                return Ok(SubjectRef::ContextLevel(Namespace(
+                    (ctx != ".").then(|| ctx.to_owned()),
+                )));
             }
             if name.starts_with(':') {
                 return Err(bad(
@@ -186,27 +216,33 @@ impl Ctx<'_> {
     fn named_subject(&self, raw: &str) -> Result<String, Error> {
         match self.subject(raw)? {
             SubjectRef::Subject(s) => Ok(s),
-            SubjectRef::ContextLevel => Err(bad("subject name is empty")),
+            SubjectRef::ContextLevel(_) => Err(bad("subject name is empty")),
         }
     }
 
-    /// The namespace a `subject=` query parameter selects for lookups by id.
-    fn id_namespace(&self) -> Result<Namespace, Error> {
-        match self.query.param("subject") {
-            Some(s)
-                if s.starts_with(':') && !self.ns_explicit && self.flavor != Flavor::Apicurio =>
-            {
-                let ctx = s[1..]
-                    .split_once(':')
-                    .map(|(c, _)| c)
-                    .ok_or_else(|| bad("invalid subject parameter"))?;
-                if !valid_context(ctx) {
-                    return Err(bad("invalid context in subject parameter"));
-                }
-                Ok(Namespace((ctx != ".").then(|| ctx.to_owned())))
-            }
-            _ => Ok(self.ns.clone()),
+    /// Where names a registry returns are relative to (see [`Endpoint::names`]).
+    fn names(&self) -> Namespace {
+        match self.flavor {
+            Flavor::Apicurio => self.ns.clone(),
+            Flavor::Confluent | Flavor::Karapace => Namespace::default(),
         }
+    }
+
+    /// What names in the body of a request on `subject` are relative to (see
+    /// [`Endpoint::namespace`]). Karapace knows no contexts: its names are literal.
+    fn body_namespace(&self, subject: &str) -> Namespace {
+        match self.flavor {
+            Flavor::Confluent => context_of(subject),
+            Flavor::Karapace | Flavor::Apicurio => self.ns.clone(),
+        }
+    }
+}
+
+/// The context of a canonical subject: `.ctx` for `:.ctx:name`, the default for `name`.
+fn context_of(subject: &str) -> Namespace {
+    match subject.strip_prefix(':').and_then(|r| r.split_once(':')) {
+        Some((ctx, _)) => Namespace(Some(ctx.to_owned())),
+        None => Namespace::default(),
     }
 }
 
@@ -219,6 +255,8 @@ fn ep(name: &'static str, operation: Operation, target: Target, ns: &Namespace) 
         filter: Filter::None,
         cacheable: false,
         namespace: ns.clone(),
+        names: ns.clone(),
+        subject_check: SubjectCheck::None,
         id_lookup: None,
     }
 }
@@ -264,6 +302,15 @@ pub fn classify(
                     return Err(bad(
                         "invalid context name in path (contexts start with '.')",
                     ));
+                }
+                // Confluent leaves a `subject` or `subjectPrefix` that is already qualified
+                // (`:.other:`, `:*:`) alone under a context path: it would leave the context.
+                for name in ["subject", "subjectPrefix"] {
+                    if req.param(name).is_some_and(|v| v.starts_with(':')) {
+                        return Err(bad(format!(
+                            "{name} starting with ':' is not accepted under /contexts/"
+                        )));
+                    }
                 }
                 let ctx_ns = Namespace((*ctx != ".").then(|| (*ctx).to_owned()));
                 let c = Ctx {
@@ -332,7 +379,10 @@ fn confluent(
      -> Result<Endpoint, Error> {
         Ok(match c.subject(raw)? {
             SubjectRef::Subject(s) => ep(name, op, Target::Subjects(vec![s]), ns),
-            SubjectRef::ContextLevel => ep(name, global, Target::Global, ns),
+            SubjectRef::ContextLevel(ctx) if c.flavor == Flavor::Confluent => {
+                ep(name, global, Target::Global, &ctx)
+            }
+            SubjectRef::ContextLevel(_) => ep(name, global, Target::Global, ns),
         })
     };
     let by_id = |id: &str,
@@ -343,7 +393,14 @@ fn confluent(
         if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) || id.len() > 10 {
             return Err(bad("schema id must be a number"));
         }
-        let id_ns = c.id_namespace()?;
+        if c.flavor == Flavor::Apicurio {
+            // Apicurio's ccompat answers which subjects use an id with bare artifact ids from
+            // every group, ignoring X-Registry-GroupId: nothing ties them to a group, so the
+            // caller must be able to read every subject.
+            let mut e = ep(name, Read, Target::EverySubject, ns);
+            e.cacheable = cacheable;
+            return Ok(e);
+        }
         let mut lookup = format!("{}/schemas/ids/{id}/versions?deleted=true", c.api_prefix);
         if let Some(subject) = c.query.param("subject") {
             let sub = CanonicalRequest {
@@ -353,7 +410,7 @@ fn confluent(
             lookup.push('&');
             lookup.push_str(&sub.query_string());
         }
-        let mut e = ep(name, Read, Target::SchemaId(id.to_owned()), &id_ns);
+        let mut e = ep(name, Read, Target::SchemaId(id.to_owned()), ns);
         e.filter = filter;
         e.cacheable = cacheable;
         e.id_lookup = Some(lookup);
@@ -371,8 +428,33 @@ fn confluent(
         Ok(e)
     };
     let global = |name: &'static str, op: Operation| Ok(ep(name, op, Target::Global, ns));
+    // Confluent (and Karapace, which speaks its API) may answer for another subject than the
+    // one in the path; Apicurio's groups have no such fallback.
+    let checked = |r: Result<Endpoint, Error>, check: SubjectCheck| {
+        r.map(|mut e| {
+            if c.flavor != Flavor::Apicurio {
+                e.subject_check = check;
+            }
+            e
+        })
+    };
+    // The version a `/versions/{v}/...` request reads: its path without the last segment.
+    let version_path = || {
+        let n = c.query.segments.len().saturating_sub(1);
+        CanonicalRequest {
+            segments: c.query.segments[..n].to_vec(),
+            query: c
+                .query
+                .query
+                .iter()
+                .filter(|(k, _)| k == "deleted")
+                .cloned()
+                .collect(),
+        }
+        .path_and_query()
+    };
     let m = method.clone();
-    Some(match (m, segs) {
+    let endpoint = match (m, segs) {
         (Method::GET, []) => global("GET /", GlobalRead),
         (Method::GET, ["schemas"]) => list("GET /schemas", Filter::SubjectObjects),
         (Method::GET, ["schemas", "types"]) => global("GET /schemas/types", GlobalRead),
@@ -395,9 +477,12 @@ fn confluent(
             false,
         ),
         (Method::GET, ["subjects"]) => list("GET /subjects", Filter::SubjectNames),
-        (Method::POST, ["subjects", s]) => with(
-            subj(s, Read, "POST /subjects/{subject}"),
-            BodyCheck::References,
+        (Method::POST, ["subjects", s]) => checked(
+            with(
+                subj(s, Read, "POST /subjects/{subject}"),
+                BodyCheck::References,
+            ),
+            SubjectCheck::Response,
         ),
         (Method::DELETE, ["subjects", s]) => subj(s, Delete, "DELETE /subjects/{subject}"),
         (Method::GET, ["subjects", s, "versions"]) => {
@@ -407,19 +492,24 @@ fn confluent(
             subj(s, Write, "POST /subjects/{subject}/versions"),
             BodyCheck::References,
         ),
-        (Method::GET, ["subjects", s, "versions", _]) => {
-            subj(s, Read, "GET /subjects/{subject}/versions/{version}")
-        }
+        (Method::GET, ["subjects", s, "versions", _]) => checked(
+            subj(s, Read, "GET /subjects/{subject}/versions/{version}"),
+            SubjectCheck::Response,
+        ),
         (Method::DELETE, ["subjects", s, "versions", _]) => {
             subj(s, Delete, "DELETE /subjects/{subject}/versions/{version}")
         }
-        (Method::GET, ["subjects", s, "versions", _, "schema"]) => {
-            subj(s, Read, "GET /subjects/{subject}/versions/{version}/schema")
-        }
-        (Method::GET, ["subjects", s, "versions", _, "referencedby"]) => subj(
-            s,
-            Read,
-            "GET /subjects/{subject}/versions/{version}/referencedby",
+        (Method::GET, ["subjects", s, "versions", _, "schema"]) => checked(
+            subj(s, Read, "GET /subjects/{subject}/versions/{version}/schema"),
+            SubjectCheck::Version(version_path()),
+        ),
+        (Method::GET, ["subjects", s, "versions", _, "referencedby"]) => checked(
+            subj(
+                s,
+                Read,
+                "GET /subjects/{subject}/versions/{version}/referencedby",
+            ),
+            SubjectCheck::Version(version_path()),
         ),
         (Method::GET, ["subjects", s, "metadata"]) => {
             subj(s, Read, "GET /subjects/{subject}/metadata")
@@ -470,7 +560,16 @@ fn confluent(
             global("GET /v1/metadata/version", GlobalRead)
         }
         _ => return None,
-    })
+    };
+    Some(endpoint.map(|mut e| {
+        e.names = c.names();
+        if let Target::Subjects(s) = &e.target
+            && let [subject] = s.as_slice()
+        {
+            e.namespace = c.body_namespace(subject);
+        }
+        e
+    }))
 }
 
 /// Apicurio's native API, v2 and v3. `None`: not in the map.
@@ -602,9 +701,13 @@ fn apicurio_native(
             Ok(e)
         }
         ["search", "groups"] if is_get => global("GET /search/groups", GlobalRead),
-        ["ids", ..] if is_get => global("GET /ids/...", GlobalRead),
+        // Content by global or content id, from any group: nothing ties an id to an artifact
+        // without asking the registry per artifact, so it needs `read` on every subject.
+        ["ids", ..] if is_get => Ok(ep("GET /ids/...", Read, Target::EverySubject, &root)),
         ["system", ..] if is_get => global("GET /system/...", GlobalRead),
         ["users", "me"] if is_get => global("GET /users/me", GlobalRead),
+        // The export is every artifact of every group, as a ZIP.
+        ["admin", "export"] => global("/admin/export", GlobalWrite),
         ["admin", ..] => global("/admin/...", if is_get { GlobalRead } else { GlobalWrite }),
         _ => return None,
     })
@@ -700,22 +803,148 @@ mod tests {
     }
 
     #[test]
-    fn ids_look_up_in_their_context() {
+    fn ids_look_up_in_their_context_and_read_names_at_the_root() {
         let e = classify_str(Method::GET, "/contexts/.x/schemas/ids/7", Flavor::Confluent).unwrap();
         assert_eq!(e.target, Target::SchemaId("7".into()));
         assert_eq!(
             e.id_lookup.as_deref(),
             Some("/contexts/.x/schemas/ids/7/versions?deleted=true")
         );
-        assert_eq!(e.namespace, Namespace(Some(".x".into())));
+        // Confluent answers with stored names: unqualified is the default context.
+        assert_eq!(e.names, Namespace::default());
         let e = classify_str(
             Method::GET,
             "/schemas/ids/7?subject=:.y:s",
             Flavor::Confluent,
         )
         .unwrap();
-        assert_eq!(e.namespace, Namespace(Some(".y".into())));
+        assert_eq!(
+            e.id_lookup.as_deref(),
+            Some("/schemas/ids/7/versions?deleted=true&subject=:.y:s")
+        );
+        assert_eq!(e.names, Namespace::default());
         assert!(classify_str(Method::GET, "/schemas/ids/abc", Flavor::Confluent).is_err());
+    }
+
+    #[test]
+    fn qualified_parameters_cannot_leave_a_context_path() {
+        for target in [
+            "/contexts/.mine/schemas?subjectPrefix=:*:payments",
+            "/contexts/.mine/schemas/ids/7?subject=:.:",
+            "/contexts/.mine/subjects?subjectPrefix=:*:",
+            "/contexts/.mine/subjects?subjectPrefix=:.other:",
+        ] {
+            assert!(
+                matches!(
+                    classify_str(Method::GET, target, Flavor::Confluent),
+                    Err(Error::BadRequest(_))
+                ),
+                "{target}"
+            );
+        }
+        assert!(
+            classify_str(
+                Method::GET,
+                "/contexts/.mine/subjects?subjectPrefix=pay",
+                Flavor::Confluent
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn body_names_are_relative_to_the_path_subjects_context() {
+        for target in ["/config/:.prod:sandbox", "/contexts/.prod/config/sandbox"] {
+            let e = classify_str(Method::PUT, target, Flavor::Confluent).unwrap();
+            assert_eq!(e.namespace, Namespace(Some(".prod".into())), "{target}");
+            assert_eq!(
+                e.namespace.qualify("payments-value").as_deref(),
+                Some(":.prod:payments-value")
+            );
+            assert_eq!(
+                e.namespace.qualify(":.:payments-value").as_deref(),
+                Some("payments-value")
+            );
+        }
+        let e = classify_str(Method::PUT, "/config/:.prod:", Flavor::Confluent).unwrap();
+        assert_eq!(e.namespace, Namespace(Some(".prod".into())));
+        let e = classify_str(
+            Method::POST,
+            "/subjects/:.prod:sandbox/versions",
+            Flavor::Confluent,
+        )
+        .unwrap();
+        assert_eq!(e.namespace, Namespace(Some(".prod".into())));
+        // Karapace has no contexts: `:.prod:sandbox` is a literal name, references are too.
+        let e = classify_str(
+            Method::POST,
+            "/subjects/:.prod:sandbox/versions",
+            Flavor::Karapace,
+        )
+        .unwrap();
+        assert_eq!(e.namespace, Namespace::default());
+    }
+
+    #[test]
+    fn answers_that_may_fall_back_to_another_context_are_checked() {
+        let e = classify_str(Method::GET, "/subjects/pay/versions/5", Flavor::Confluent).unwrap();
+        assert_eq!(e.subject_check, SubjectCheck::Response);
+        let e = classify_str(Method::POST, "/subjects/pay", Flavor::Karapace).unwrap();
+        assert_eq!(e.subject_check, SubjectCheck::Response);
+        let e = classify_str(
+            Method::GET,
+            "/contexts/.x/subjects/pay/versions/5/schema?deleted=true&format=resolved",
+            Flavor::Confluent,
+        )
+        .unwrap();
+        assert_eq!(
+            e.subject_check,
+            SubjectCheck::Version("/contexts/.x/subjects/pay/versions/5?deleted=true".into())
+        );
+        let e = classify_str(
+            Method::GET,
+            "/subjects/pay/versions/latest/referencedby",
+            Flavor::Confluent,
+        )
+        .unwrap();
+        assert_eq!(
+            e.subject_check,
+            SubjectCheck::Version("/subjects/pay/versions/latest".into())
+        );
+        let e = classify_str(
+            Method::GET,
+            "/apis/ccompat/v7/subjects/pay/versions/5",
+            Flavor::Apicurio,
+        )
+        .unwrap();
+        assert_eq!(e.subject_check, SubjectCheck::None);
+    }
+
+    #[test]
+    fn apicurio_id_reads_need_read_on_every_subject() {
+        let mut h = HeaderMap::new();
+        h.insert("x-registry-groupid", "mine".parse().unwrap());
+        for target in [
+            "/apis/ccompat/v7/schemas/ids/42",
+            "/apis/ccompat/v7/schemas/ids/42/subjects",
+            "/apis/ccompat/v8/schemas/ids/42/versions",
+            "/apis/registry/v3/ids/contentIds/42",
+            "/apis/registry/v2/ids/globalIds/42",
+        ] {
+            let e = classify_with(Method::GET, target, Flavor::Apicurio, &h).unwrap();
+            assert_eq!(
+                (e.operation, e.target, e.id_lookup),
+                (Operation::Read, Target::EverySubject, None),
+                "{target}"
+            );
+        }
+        let e = classify_str(
+            Method::GET,
+            "/apis/registry/v3/admin/export",
+            Flavor::Apicurio,
+        )
+        .unwrap();
+        assert_eq!(e.operation, Operation::GlobalWrite);
     }
 
     #[test]

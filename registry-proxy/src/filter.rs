@@ -1,8 +1,9 @@
 //! Filtering list responses to what the caller may read.
 //!
 //! A listing is allowed to any authenticated caller; what it reveals is not. Each entry's
-//! subject is canonicalized in the request's namespace and kept only if the caller may
-//! `read` it. A body this module cannot interpret is an error, never passed through: an
+//! subject is canonicalized in the namespace the registry's names are relative to (the root
+//! for Confluent and Karapace, whatever the request's context; the group for Apicurio
+//! ccompat) and kept only if the caller may `read` it. A body this module cannot interpret is an error, never passed through: an
 //! unfiltered list is exactly the leak filtering exists to prevent.
 
 use serde_json::Value;
@@ -105,11 +106,11 @@ mod tests {
     }
 
     #[test]
-    fn names_are_read_in_the_request_namespace() {
+    fn names_are_read_in_the_given_namespace() {
         let mut body = json!(["payments-value"]);
         filter_body(
             Filter::SubjectNames,
-            &Namespace(Some(".staging".into())),
+            &Namespace(Some(".grp".into())),
             &mut body,
             &payments_only,
         )
@@ -117,7 +118,7 @@ mod tests {
         assert_eq!(
             body,
             json!([]),
-            ":.staging:payments-value is not a default-context subject"
+            ":.grp:payments-value is not a default-namespace subject"
         );
     }
 

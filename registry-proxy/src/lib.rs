@@ -14,6 +14,8 @@
 //!    grants implied by the body (schema references, config `alias`) and reads by schema id.
 //! 6. [`cache`]: schema-by-id responses and id -> subjects lookups.
 //! 7. [`upstream`]: forwards with the proxy's own credentials and an allowlist of headers.
+//!    [`proxy`] then refuses a version or lookup answered for another subject than the one
+//!    authorized (Confluent's context fallback) and replaces 5xx bodies.
 //! 8. [`filter`]: trims list responses to what the caller may read.
 //! 9. [`metrics`], [`error`] (the Confluent error shape), [`config`] (CLI, env, file).
 

@@ -1,8 +1,9 @@
 //! The request pipeline: one function from client request to response and audit record.
 //!
 //! refuse method overrides -> canonicalize -> authenticate -> classify -> read body ->
-//! authorize (ids looked up upstream, cached) -> serve from cache or forward -> filter lists
-//! -> respond. Every path out of [`handle`] writes exactly one audit record, including a
+//! authorize (ids looked up upstream, cached) -> serve from cache or forward -> check the
+//! answer concerns the authorized subject -> filter lists -> respond. An upstream 5xx body is
+//! replaced by a fixed Confluent-shaped error; the original goes to the log. Every path out of [`handle`] writes exactly one audit record, including a
 //! client disconnecting mid-request (`aborted`, written when the request future is dropped).
 
 use std::{
@@ -30,7 +31,7 @@ use crate::{
     cache::{CachedResponse, Caches},
     canonical::CanonicalRequest,
     config::{Config, Mode},
-    endpoints::{self, Endpoint, Target},
+    endpoints::{self, Endpoint, SubjectCheck, Target},
     error::{Error, confluent_error},
     filter,
     metrics::Metrics,
@@ -178,8 +179,10 @@ async fn process(
     )?;
     record.endpoint = Some(endpoint.name);
     record.operation = Some(endpoint.operation.as_str());
-    if let Target::Subjects(s) = &endpoint.target {
-        record.subjects = s.clone();
+    match &endpoint.target {
+        Target::Subjects(s) => record.subjects = s.clone(),
+        Target::EverySubject => record.subjects = vec!["*".into()],
+        Target::SchemaId(_) | Target::List | Target::Global => {}
     }
 
     let body = to_bytes(body, state.config.max_body_bytes)
@@ -229,6 +232,34 @@ async fn process(
         }
     }
 
+    if let SubjectCheck::Version(version) = &endpoint.subject_check {
+        let answer = state
+            .upstream
+            .send(
+                "version check",
+                http::Method::GET,
+                version,
+                &json_accept(),
+                Bytes::new(),
+                parts.headers.get(header::AUTHORIZATION),
+                &principal,
+                &record.request_id,
+            )
+            .await?;
+        record.upstream_status = Some(answer.status);
+        if answer.status >= 500 {
+            return Ok(upstream_error(answer.status, &answer.body, record));
+        }
+        if answer.status != 200 {
+            // The version is not there (or not readable): answer what the registry said about
+            // it rather than forward a request the check could not vouch for.
+            return Ok(respond(answer.status, answer.content_type, answer.body));
+        }
+        if let Err(refused) = check_subject(&endpoint, &answer.body, record)? {
+            return Ok(refused);
+        }
+    }
+
     let path = canonical.path_and_query();
     let cache_key = endpoint.cacheable.then(|| cache_key(&path, &parts.headers));
     if let Some(key) = &cache_key {
@@ -263,6 +294,15 @@ async fn process(
         )
         .await?;
     record.upstream_status = Some(upstream.status);
+    if upstream.status >= 500 {
+        return Ok(upstream_error(upstream.status, &upstream.body, record));
+    }
+    if upstream.status == 200
+        && endpoint.subject_check == SubjectCheck::Response
+        && let Err(refused) = check_subject(&endpoint, &upstream.body, record)?
+    {
+        return Ok(refused);
+    }
     let mut body = upstream.body;
     if (200..300).contains(&upstream.status) && endpoint.filter != endpoints::Filter::None {
         let mut json: serde_json::Value = serde_json::from_slice(&body)
@@ -273,7 +313,7 @@ async fn process(
                 .check(&principal, shared::policy::Operation::Read, s)
                 .is_permit()
         };
-        filter::filter_body(endpoint.filter, &endpoint.namespace, &mut json, &can_read)
+        filter::filter_body(endpoint.filter, &endpoint.names, &mut json, &can_read)
             .map_err(Error::Upstream)?;
         body = Bytes::from(serde_json::to_vec(&json).map_err(|e| Error::Upstream(e.to_string()))?);
     }
@@ -330,14 +370,10 @@ async fn id_subjects(
         .cache
         .with_label_values(&["id_subjects", "miss"])
         .inc();
-    let mut lookup_headers = HeaderMap::new();
+    let mut lookup_headers = json_accept();
     if let Some(g) = headers.get("x-registry-groupid") {
         lookup_headers.insert("x-registry-groupid", g.clone());
     }
-    lookup_headers.insert(
-        header::ACCEPT,
-        http::HeaderValue::from_static("application/json"),
-    );
     let answer = state
         .upstream
         .send(
@@ -353,7 +389,7 @@ async fn id_subjects(
         .await?;
     match answer.status {
         200 => {
-            let subjects = Arc::new(authz::subjects_of(&answer.body, &endpoint.namespace)?);
+            let subjects = Arc::new(authz::subjects_of(&answer.body, &endpoint.names)?);
             state.caches.id_subjects.insert(key, subjects.clone());
             Ok(Ok(subjects))
         }
@@ -364,6 +400,64 @@ async fn id_subjects(
         ))),
         other => Err(Error::Upstream(format!("id lookup answered {other}"))),
     }
+}
+
+fn json_accept() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::ACCEPT,
+        http::HeaderValue::from_static("application/json"),
+    );
+    headers
+}
+
+/// `Ok(Ok(()))` when a 200 answer (a version or a lookup) is about the authorized subject;
+/// `Ok(Err(..))` is the 40401 to send instead: Confluent falls back to other contexts when the
+/// default-context subject lacks the version or schema, and answers with that subject.
+fn check_subject(
+    endpoint: &Endpoint,
+    body: &[u8],
+    record: &mut AuditRecord,
+) -> Result<Result<(), Response>, Error> {
+    let Target::Subjects(subjects) = &endpoint.target else {
+        return Err(Error::Upstream("subject check without a subject".into()));
+    };
+    let authorized = subjects
+        .first()
+        .ok_or_else(|| Error::Upstream("subject check without a subject".into()))?;
+    let answered = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("subject")?.as_str().map(str::to_owned))
+        .ok_or_else(|| Error::Upstream("answer names no subject".into()))?;
+    if endpoint.names.qualify(&answered).as_deref() == Some(authorized.as_str()) {
+        return Ok(Ok(()));
+    }
+    tracing::warn!(
+        request_id = %record.request_id,
+        authorized = %authorized,
+        answered = %answered,
+        "upstream answered for another subject; refused"
+    );
+    record.decision = "not_found";
+    record.reason = Some(format!(
+        "upstream answered for subject {answered:?}, not the authorized {authorized} \
+         (context fallback); answered 40401"
+    ));
+    Ok(Err(confluent_error(
+        StatusCode::NOT_FOUND,
+        40401,
+        &format!("Subject '{authorized}' not found."),
+    )))
+}
+
+/// A 5xx from the registry: its body can carry stack traces and internal names, so the client
+/// gets the status with a fixed message, and the log the original.
+fn upstream_error(status: u16, body: &[u8], record: &mut AuditRecord) -> Response {
+    let text = String::from_utf8_lossy(&body[..body.len().min(4096)]);
+    tracing::warn!(request_id = %record.request_id, status, body = %text, "upstream registry error");
+    record.reason = Some(format!("upstream answered {status}"));
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    confluent_error(status, 50201, "upstream registry error")
 }
 
 fn respond(status: u16, content_type: Option<http::HeaderValue>, body: Bytes) -> Response {

@@ -4,6 +4,9 @@
 //! - `bypass`: crafted requests that try to get around canonicalization, authentication or
 //!   authorization; each is refused or decided exactly as its canonical form.
 //! - `behaviour`: list filtering, reads by id, the cache, key rotation, audit records, metrics.
+//! - `upstream_answers`: what real registries answer that the development registry does not
+//!   (Confluent's context fallback, Apicurio's group-blind id lookups, 5xx bodies), from a
+//!   scripted upstream.
 
 mod support;
 
@@ -712,7 +715,16 @@ mod endpoint_table {
                 "/apis/registry/v3/ids/globalIds/1",
                 None,
                 NONE,
-                "global_read",
+                "read",
+                "admin",
+                "owner",
+            ),
+            (
+                "GET",
+                "/apis/registry/v3/admin/export",
+                None,
+                NONE,
+                "global_write",
                 "admin",
                 "owner",
             ),
@@ -953,6 +965,8 @@ mod bypass {
             ("/subjects/payments-value/versions/", Expect::Refused),
             ("/subjects/payments-value/./versions", Expect::Refused),
             ("/subjects/payments-value%252Fversions", Expect::Refused),
+            ("/subjects/payments-value%2Fversions", Expect::Refused),
+            ("/subjects/payments-value%2fversions/1", Expect::Refused),
             ("/subjects/payments-value;x=1/versions", Expect::Refused),
             ("/subjects/payments-value%3Bx/versions", Expect::Refused),
             (
@@ -1026,6 +1040,14 @@ mod bypass {
             "/subjects/payments-value?permanent=false&permanent=true".into(),
             bearer(&owner),
             None,
+            Expect::Refused,
+        ));
+        cases.push((
+            "lookup whose subject holds an encoded '/' (a register to Karapace)".into(),
+            "POST",
+            "/subjects/payments-value%2Fversions".into(),
+            bearer(&owner),
+            Some(SCHEMA),
             Expect::Refused,
         ));
         cases.push((
@@ -1514,5 +1536,426 @@ mod behaviour {
             .await
             .unwrap();
         assert!(health.status().is_success());
+    }
+}
+
+mod upstream_answers {
+    use super::*;
+    use axum::{
+        Router,
+        body::Body,
+        http::{Request, StatusCode},
+        response::IntoResponse,
+    };
+    use std::sync::{Arc, Mutex};
+
+    /// (method, path and query, status, body) a registry answers; anything else is 404 40401.
+    type Script = &'static [(&'static str, &'static str, u16, &'static str)];
+
+    /// Requests the scripted upstream received, as "METHOD path?query".
+    type Seen = Arc<Mutex<Vec<String>>>;
+
+    fn scripted(script: Script) -> (Router, Seen) {
+        let seen = Seen::default();
+        let log = seen.clone();
+        let router = Router::new().fallback(move |req: Request<Body>| {
+            let log = log.clone();
+            async move {
+                let target = format!(
+                    "{} {}",
+                    req.method(),
+                    req.uri().path_and_query().map_or("", |p| p.as_str())
+                );
+                log.lock().unwrap().push(target.clone());
+                let (status, body) = script
+                    .iter()
+                    .find(|(m, p, _, _)| format!("{m} {p}") == target)
+                    .map_or(
+                        (
+                            404,
+                            r#"{"error_code":40401,"message":"Subject not found."}"#,
+                        ),
+                        |(_, _, status, body)| (*status, *body),
+                    );
+                (
+                    StatusCode::from_u16(status).unwrap(),
+                    [("content-type", "application/vnd.schemaregistry.v1+json")],
+                    body,
+                )
+                    .into_response()
+            }
+        });
+        (router, seen)
+    }
+
+    async fn scripted_stack(flavor: Flavor, script: Script) -> (Stack, Seen) {
+        let (router, seen) = scripted(script);
+        (Stack::start_scripted(flavor, router).await, seen)
+    }
+
+    #[tokio::test]
+    async fn apicurio_reads_by_id_need_read_on_every_subject() {
+        // Apicurio 3's ccompat answers id lookups with bare artifact ids from every group,
+        // whatever X-Registry-GroupId says: id 42 belongs to `card` in group `secret`.
+        let (stack, _) = scripted_stack(
+            Flavor::Apicurio,
+            &[
+                (
+                    "GET",
+                    "/apis/ccompat/v7/schemas/ids/42/versions?deleted=true",
+                    200,
+                    r#"[{"subject":"card","version":1}]"#,
+                ),
+                (
+                    "GET",
+                    "/apis/ccompat/v7/schemas/ids/42",
+                    200,
+                    r#"{"schema":"\"string\""}"#,
+                ),
+                (
+                    "GET",
+                    "/apis/ccompat/v7/schemas/ids/42/subjects",
+                    200,
+                    r#"["card"]"#,
+                ),
+                (
+                    "GET",
+                    "/apis/registry/v3/ids/contentIds/42",
+                    200,
+                    r#""string""#,
+                ),
+                ("GET", "/apis/registry/v3/admin/export", 200, r#""zip""#),
+            ],
+        )
+        .await;
+        let mine = stack.idp.token("mia", &["mine-readers"]);
+        let auditor = stack.idp.token("aude", &["auditors"]);
+        let admin = stack.idp.token("adam", &["admins"]);
+        let group = [("X-Registry-GroupId", "mine")];
+        for target in [
+            "/apis/ccompat/v7/schemas/ids/42",
+            "/apis/ccompat/v7/schemas/ids/42/subjects",
+        ] {
+            let (status, body, record) =
+                as_principal(&stack, &mine, "GET", target, &group, None).await;
+            assert_eq!(
+                (status, record["decision"].as_str()),
+                (403, Some("deny")),
+                "{target}: {body}"
+            );
+            assert_eq!(record["subjects"], json!(["*"]), "{target}");
+            let (status, body, _) = as_principal(&stack, &admin, "GET", target, &group, None).await;
+            assert_eq!(status, 200, "{target}: {body}");
+        }
+        // Native content by id: `read` on every subject; global_read is not enough.
+        let target = "/apis/registry/v3/ids/contentIds/42";
+        let (status, _, record) = as_principal(&stack, &auditor, "GET", target, &[], None).await;
+        assert_eq!((status, record["operation"].as_str()), (403, Some("read")));
+        let (status, _, _) = as_principal(&stack, &admin, "GET", target, &[], None).await;
+        assert_eq!(status, 200);
+        // The export is every artifact: global_write, not global_read.
+        let target = "/apis/registry/v3/admin/export";
+        let (status, _, record) = as_principal(&stack, &auditor, "GET", target, &[], None).await;
+        assert_eq!(
+            (status, record["operation"].as_str()),
+            (403, Some("global_write"))
+        );
+        let (status, _, _) = as_principal(&stack, &admin, "GET", target, &[], None).await;
+        assert_eq!(status, 200);
+    }
+
+    const FALLBACK: &str =
+        r#"{"subject":":.secret:payments-value","version":5,"id":9,"schema":"\"string\""}"#;
+
+    #[tokio::test]
+    async fn confluent_context_fallback_answers_not_found() {
+        // Confluent answers for `:.secret:payments-value` when the default-context subject has
+        // no version 5, or no such schema.
+        let (stack, seen) = scripted_stack(
+            Flavor::Confluent,
+            &[
+                ("GET", "/subjects/payments-value/versions/5", 200, FALLBACK),
+                ("POST", "/subjects/payments-value", 200, FALLBACK),
+                (
+                    "GET",
+                    "/subjects/payments-value/versions/5/schema",
+                    200,
+                    r#""string""#,
+                ),
+                (
+                    "GET",
+                    "/subjects/payments-value/versions/5/referencedby",
+                    200,
+                    "[9]",
+                ),
+                (
+                    "GET",
+                    "/subjects/payments-value/versions/1",
+                    200,
+                    r#"{"subject":"payments-value","version":1,"id":1,"schema":"\"string\""}"#,
+                ),
+                (
+                    "GET",
+                    "/subjects/payments-value/versions/1/schema",
+                    200,
+                    r#""string""#,
+                ),
+                (
+                    "GET",
+                    "/contexts/.ctx/subjects/payments-value/versions/1",
+                    200,
+                    r#"{"subject":":.ctx:payments-value","version":1,"id":2,"schema":"\"int\""}"#,
+                ),
+            ],
+        )
+        .await;
+        let owner = stack.idp.token("olivia", &["owners"]);
+        for (method, target, body) in [
+            ("GET", "/subjects/payments-value/versions/5", None),
+            ("POST", "/subjects/payments-value", Some(SCHEMA)),
+            ("GET", "/subjects/payments-value/versions/5/schema", None),
+            (
+                "GET",
+                "/subjects/payments-value/versions/5/referencedby",
+                None,
+            ),
+        ] {
+            let (status, resp, record) =
+                as_principal(&stack, &owner, method, target, &[], body).await;
+            assert_eq!(
+                (status, &resp["error_code"]),
+                (404, &json!(40401)),
+                "{method} {target}: {resp}"
+            );
+            assert_eq!(record["decision"], "not_found", "{target}");
+            assert!(
+                record["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains(":.secret:payments-value")),
+                "{record}"
+            );
+        }
+        let seen = seen.lock().unwrap().clone();
+        assert!(
+            !seen
+                .iter()
+                .any(|r| r.ends_with("/schema") || r.ends_with("/referencedby")),
+            "checked before forwarding: {seen:?}"
+        );
+        for target in [
+            "/subjects/payments-value/versions/1",
+            "/subjects/payments-value/versions/1/schema",
+            "/contexts/.ctx/subjects/payments-value/versions/1",
+        ] {
+            let (status, resp, record) =
+                as_principal(&stack, &owner, "GET", target, &[], None).await;
+            assert_eq!(
+                (status, record["decision"].as_str()),
+                (200, Some("permit")),
+                "{target}: {resp}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn context_paths_keep_to_their_context() {
+        // Confluent answers with stored names: `payments-value` is the default context's.
+        let (stack, _) = scripted_stack(
+            Flavor::Confluent,
+            &[
+                (
+                    "GET",
+                    "/contexts/.mine/subjects",
+                    200,
+                    r#"["payments-value",":.mine:orders"]"#,
+                ),
+                (
+                    "GET",
+                    "/contexts/.mine/schemas/ids/7/versions?deleted=true",
+                    200,
+                    r#"[{"subject":"secret-value","version":1}]"#,
+                ),
+                (
+                    "GET",
+                    "/contexts/.mine/schemas/ids/7",
+                    200,
+                    r#"{"schema":"\"string\""}"#,
+                ),
+            ],
+        )
+        .await;
+        let mine = stack.idp.token("mia", &["mine-readers"]);
+        let (status, body, _) =
+            as_principal(&stack, &mine, "GET", "/contexts/.mine/subjects", &[], None).await;
+        assert_eq!((status, body), (200, json!([":.mine:orders"])));
+        let (status, body, record) = as_principal(
+            &stack,
+            &mine,
+            "GET",
+            "/contexts/.mine/schemas/ids/7",
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, record["decision"].as_str()),
+            (403, Some("deny")),
+            "{body}"
+        );
+        assert_eq!(record["subjects"], json!(["secret-value"]));
+        for target in [
+            "/contexts/.mine/schemas?subjectPrefix=:*:payments",
+            "/contexts/.mine/schemas/ids/7?subject=:.:",
+            "/contexts/.mine/subjects?subjectPrefix=:*:",
+        ] {
+            let (status, body, record) =
+                as_principal(&stack, &mine, "GET", target, &[], None).await;
+            assert_eq!(
+                (status, record["decision"].as_str()),
+                (400, Some("refused")),
+                "{target}: {body}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn encoded_slash_never_reaches_karapace() {
+        let (stack, seen) = scripted_stack(Flavor::Karapace, &[]).await;
+        let owner = stack.idp.token("olivia", &["owners"]);
+        let (status, _, record) = as_principal(
+            &stack,
+            &owner,
+            "POST",
+            "/subjects/payments-value%2Fversions",
+            &[],
+            Some(SCHEMA),
+        )
+        .await;
+        assert_eq!(
+            (status, record["decision"].as_str()),
+            (400, Some("refused"))
+        );
+        assert!(seen.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn upstream_5xx_bodies_are_replaced() {
+        let (stack, _) = scripted_stack(
+            Flavor::Confluent,
+            &[(
+                "GET",
+                "/subjects/payments-value/versions",
+                500,
+                r#"{"error_code":50001,"message":"Error in the backend datastore: java.sql.SQLException: connection to db-internal-7:5432 refused"}"#,
+            )],
+        )
+        .await;
+        let owner = stack.idp.token("olivia", &["owners"]);
+        let (status, body, record) = as_principal(
+            &stack,
+            &owner,
+            "GET",
+            "/subjects/payments-value/versions",
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, body),
+            (
+                500,
+                json!({"error_code": 50201, "message": "upstream registry error"})
+            )
+        );
+        assert_eq!(record["upstream_status"], 500);
+        assert_eq!(record["reason"], "upstream answered 500");
+    }
+}
+
+mod aliases_and_references {
+    use super::*;
+
+    #[tokio::test]
+    async fn alias_needs_every_subject_operation_on_its_target() {
+        let stack = Stack::start(Flavor::Confluent).await;
+        let tokens = Tokens::new(&stack);
+        // Owners may read and configure shared-value, not write to or delete it: an alias
+        // would let them do both through payments-value.
+        let (status, _, record) = as_principal(
+            &stack,
+            &tokens.owner,
+            "PUT",
+            "/config/payments-value",
+            &[],
+            Some(r#"{"alias":"shared-value"}"#),
+        )
+        .await;
+        assert_eq!((status, record["decision"].as_str()), (403, Some("deny")));
+        assert_eq!(
+            record["reason"],
+            "no rule grants write on subject shared-value"
+        );
+        let (status, _, record) = as_principal(
+            &stack,
+            &tokens.owner,
+            "PUT",
+            "/config/payments-value",
+            &[],
+            Some(r#"{"alias":"payments-other"}"#),
+        )
+        .await;
+        assert_eq!((status, record["decision"].as_str()), (200, Some("permit")));
+    }
+
+    #[tokio::test]
+    async fn body_names_are_in_the_path_subjects_context() {
+        let stack = Stack::start(Flavor::Confluent).await;
+        let tokens = Tokens::new(&stack);
+        let (_, _, record) = as_principal(
+            &stack,
+            &tokens.owner,
+            "PUT",
+            "/config/:.ctx:payments-a",
+            &[],
+            Some(r#"{"alias":"payments-b"}"#),
+        )
+        .await;
+        assert_eq!(record["decision"], "permit");
+        assert_eq!(
+            record["subjects"],
+            json!([":.ctx:payments-a", ":.ctx:payments-b"]),
+            "Confluent qualifies the alias with the subject's context"
+        );
+        let (_, _, record) = as_principal(
+            &stack,
+            &tokens.owner,
+            "PUT",
+            "/config/:.ctx:payments-a",
+            &[],
+            Some(r#"{"alias":":.:payments-b"}"#),
+        )
+        .await;
+        assert_eq!(
+            record["subjects"],
+            json!([":.ctx:payments-a", "payments-b"]),
+            "an explicitly qualified alias keeps its context"
+        );
+        // Owners may read shared-value in the default context, not in .ctx.
+        let (status, _, record) = as_principal(
+            &stack,
+            &tokens.owner,
+            "POST",
+            "/subjects/:.ctx:payments-a/versions",
+            &[],
+            Some(
+                r#"{"schema":"\"string\"","references":[{"name":"s","subject":"shared-value","version":1}]}"#,
+            ),
+        )
+        .await;
+        assert_eq!((status, record["decision"].as_str()), (403, Some("deny")));
+        assert_eq!(
+            record["reason"],
+            "no rule grants read on subject :.ctx:shared-value"
+        );
     }
 }

@@ -46,6 +46,18 @@ registry:
       principals: ["group:admins"]
       subjects: ["*"]
       operations: [read, global_read, global_write]
+    - id: owners-shared
+      principals: ["group:owners"]
+      subjects: ["shared-*"]
+      operations: [read, compat_read, compat_write]
+    - id: mine-readers
+      principals: ["group:mine-readers"]
+      subjects: [":.mine:*"]
+      operations: [read]
+    - id: auditors
+      principals: ["group:auditors"]
+      subjects: ["*"]
+      operations: [global_read]
 "#;
 
 /// Signing keys and the JWKS the proxy fetches.
@@ -207,6 +219,20 @@ impl Stack {
 
     /// A stack whose proxy configuration `edit` adjusts.
     pub async fn start_configured(flavor: Flavor, edit: impl FnOnce(&mut Config)) -> Self {
+        Self::start_inner(flavor, None, edit).await
+    }
+
+    /// A stack whose upstream is `upstream` (a scripted registry answering what a real one
+    /// would, where the development registry does not) instead of the development registry.
+    pub async fn start_scripted(flavor: Flavor, upstream: Router) -> Self {
+        Self::start_inner(flavor, Some(upstream), |_| {}).await
+    }
+
+    async fn start_inner(
+        flavor: Flavor,
+        upstream: Option<Router>,
+        edit: impl FnOnce(&mut Config),
+    ) -> Self {
         let idp = Idp::start().await;
         let dir = tempfile::tempdir().unwrap();
         let policies = dir.path().join("policies");
@@ -217,10 +243,22 @@ impl Stack {
 
         let registry_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let registry = format!("http://{}", registry_listener.local_addr().unwrap());
-        tokio::spawn(dev_registry::run(
-            registry_listener,
-            shutdown.clone().cancelled_owned(),
-        ));
+        match upstream {
+            None => {
+                tokio::spawn(dev_registry::run(
+                    registry_listener,
+                    shutdown.clone().cancelled_owned(),
+                ));
+            }
+            Some(app) => {
+                let stop = shutdown.clone();
+                tokio::spawn(async move {
+                    axum::serve(registry_listener, app)
+                        .with_graceful_shutdown(stop.cancelled_owned())
+                        .await
+                });
+            }
+        }
 
         let mut config = Config {
             upstream: registry.clone(),
@@ -349,8 +387,10 @@ impl Stack {
 
     /// Every audit record written so far.
     pub fn audit(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.audit_path)
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(&self.audit_path).unwrap_or_default();
+        // The writer may be mid-line: only complete lines are records.
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete
             .lines()
             .map(|l| serde_json::from_str(l).expect("audit lines are JSON"))
             .collect()
