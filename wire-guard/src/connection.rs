@@ -60,6 +60,14 @@ fn inspects_response(api_key: i16) -> bool {
     )
 }
 
+/// A request on its way upstream.
+enum Request {
+    /// Only its head has been read; the rest streams on as it arrives.
+    Streamed(frame::Head),
+    /// Read whole, because the proxy needed its body.
+    Whole(Frame),
+}
+
 /// Who a connection belongs to, for its log lines.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
@@ -225,14 +233,13 @@ impl Conn<'_> {
                 .then(|| header::produce_acks(head.payload(), version));
             let needs_body = matches!(key, Some(ApiKey::SaslHandshake | ApiKey::SaslAuthenticate))
                 || matches!(acks_in_head, Some(Err(_)));
-            // `Err` holds a request read whole because its body is needed; `Ok` streams on.
-            let whole = if needs_body {
-                Err(head.complete(&mut client).await?)
+            let request = if needs_body {
+                Request::Whole(head.complete(&mut client).await?)
             } else {
-                Ok(head)
+                Request::Streamed(head)
             };
             let mut reply = Reply::Upstream;
-            if let Err(frame) = &whole {
+            if let Request::Whole(frame) = &request {
                 match key {
                     Some(ApiKey::SaslHandshake) => {
                         self.sasl().on_handshake(frame.payload(), version)?
@@ -254,12 +261,12 @@ impl Conn<'_> {
             if queue.send(self.in_flight(meta, reply)).await.is_err() {
                 return Ok(());
             }
-            match whole {
-                Ok(head) => {
+            match request {
+                Request::Streamed(head) => {
                     head.forward(&mut client, &mut upstream, Side::Upstream, &mut scratch)
                         .await?
                 }
-                Err(frame) => upstream
+                Request::Whole(frame) => upstream
                     .write_all(frame.wire())
                     .await
                     .map_err(Error::io(Side::Upstream))?,
