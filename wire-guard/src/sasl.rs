@@ -197,6 +197,38 @@ mod tests {
         );
     }
 
+    /// Client bytes decoded by the proxy must fail with errors, never panic, whatever they are.
+    #[test]
+    fn random_client_requests_never_panic() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..20_000 {
+            let len = (next() % 96) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            // Half the inputs get a plausible header so decoding reaches the body.
+            if round % 2 == 0 && bytes.len() >= 10 {
+                bytes[8..10].copy_from_slice(&(-1i16).to_be_bytes());
+            }
+            let payload = Bytes::from(bytes.clone());
+            for version in 0..=2 {
+                let mut state = SaslState::default();
+                let _ = state.on_handshake(payload.clone(), version.min(1));
+                state.mechanism = Some(["PLAIN", "SCRAM-SHA-256", "OAUTHBEARER"][round % 3].into());
+                let _ = state.on_authenticate_request(payload.clone(), version);
+                let _ = claimed_name(state.mechanism.as_deref(), &bytes);
+            }
+            let _ = crate::header::peek_request(&bytes);
+            for version in [3, 8, 9, 13] {
+                let _ = crate::header::produce_acks(&bytes, version);
+            }
+        }
+    }
+
     #[test]
     fn garbage_claims_nothing() {
         assert_eq!(claimed_name(Some("PLAIN"), b"no-separators"), None);
