@@ -46,7 +46,8 @@ def client_conf(opts: Options) -> dict:
         "request_timeout_ms": 15000,
     }
     if opts.uses_ssl:
-        conf["ssl_context"] = create_ssl_context(cafile=opts.ca_file)
+        conf["ssl_context"] = create_ssl_context(cafile=opts.ca_file, certfile=opts.cert_file,
+                                                 keyfile=opts.key_file)
     if opts.uses_sasl:
         conf["sasl_mechanism"] = opts.sasl_mechanism
         if opts.sasl_mechanism == "OAUTHBEARER":

@@ -51,6 +51,8 @@ class Options:
     topic_prefix: str = "scenario"
     security_protocol: str = "PLAINTEXT"
     ca_file: Optional[str] = None
+    cert_file: Optional[str] = None
+    key_file: Optional[str] = None
     sasl_mechanism: Optional[str] = None
     sasl_username: Optional[str] = None
     sasl_password: Optional[str] = None

@@ -75,6 +75,9 @@ class Session:
         }
         if o.uses_ssl and o.ca_file:
             conf["ssl.ca.location"] = o.ca_file
+        if o.uses_ssl and o.cert_file:
+            conf["ssl.certificate.location"] = o.cert_file
+            conf["ssl.key.location"] = o.key_file
         if o.uses_sasl:
             conf["sasl.mechanism"] = o.sasl_mechanism
             if o.sasl_mechanism == "OAUTHBEARER":

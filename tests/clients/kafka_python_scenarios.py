@@ -48,6 +48,9 @@ def client_conf(opts: Options) -> dict:
         conf["ssl_check_hostname"] = True
         if opts.ca_file:
             conf["ssl_cafile"] = opts.ca_file
+        if opts.cert_file:
+            conf["ssl_certfile"] = opts.cert_file
+            conf["ssl_keyfile"] = opts.key_file
     if opts.uses_sasl:
         conf["sasl_mechanism"] = opts.sasl_mechanism
         if opts.sasl_mechanism == "OAUTHBEARER":

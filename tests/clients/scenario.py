@@ -55,6 +55,8 @@ def parse_args(argv):
     p.add_argument("--security-protocol", default="PLAINTEXT", choices=SECURITY_PROTOCOLS,
                    type=str.upper)
     p.add_argument("--ca-file", help="PEM CA bundle to verify the server certificate")
+    p.add_argument("--cert-file", help="PEM client certificate, for servers requiring mutual TLS")
+    p.add_argument("--key-file", help="PEM private key for --cert-file")
     p.add_argument("--sasl-mechanism", choices=SASL_MECHANISMS, type=str.upper)
     p.add_argument("--sasl-username")
     p.add_argument("--sasl-password")
@@ -81,7 +83,7 @@ def parse_args(argv):
     return Options(
         client=a.client, bootstrap=a.bootstrap, scenario=a.scenario,
         topic_prefix=a.topic_prefix, security_protocol=a.security_protocol,
-        ca_file=a.ca_file, sasl_mechanism=a.sasl_mechanism,
+        ca_file=a.ca_file, cert_file=a.cert_file, key_file=a.key_file, sasl_mechanism=a.sasl_mechanism,
         sasl_username=a.sasl_username, sasl_password=a.sasl_password,
         oauth_token_endpoint=a.oauth_token_endpoint, oauth_client_id=a.oauth_client_id,
         oauth_client_secret=a.oauth_client_secret, oauth_scope=a.oauth_scope,

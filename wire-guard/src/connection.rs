@@ -77,10 +77,19 @@ pub struct ConnInfo {
 }
 
 /// Proxies one client connection until either side closes, logging why it ended.
-pub async fn serve(server: Arc<Server>, client: BoxStream, info: ConnInfo) {
+/// `principal` is the client certificate's, when the client authenticated with mutual TLS.
+pub async fn serve(
+    server: Arc<Server>,
+    client: BoxStream,
+    info: ConnInfo,
+    principal: Option<String>,
+) {
     server.metrics.connections_active.inc();
+    if let Some(principal) = &principal {
+        tracing::info!(conn = info.id, peer = %info.peer, principal, mechanism = "TLS", "client authenticated");
+    }
     let result = tokio::select! {
-        r = proxy(&server, client, info) => r,
+        r = proxy(&server, client, info, principal) => r,
         () = server.force.cancelled() => {
             tracing::warn!(conn = info.id, peer = %info.peer, "closing connection: shutdown drain deadline passed");
             Ok(())
@@ -124,7 +133,12 @@ fn cause(e: &Error) -> &'static str {
     }
 }
 
-async fn proxy(server: &Arc<Server>, client: BoxStream, info: ConnInfo) -> Result<(), Error> {
+async fn proxy(
+    server: &Arc<Server>,
+    client: BoxStream,
+    info: ConnInfo,
+    principal: Option<String>,
+) -> Result<(), Error> {
     let upstream = match info.target {
         Target::Bootstrap => {
             server
@@ -143,7 +157,8 @@ async fn proxy(server: &Arc<Server>, client: BoxStream, info: ConnInfo) -> Resul
     let (client_read, client_write) = tokio::io::split(client);
     let (upstream_read, upstream_write) = tokio::io::split(upstream);
     let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
-    let sasl = Mutex::new(SaslState::default());
+    // A SASL exchange on a mutual-TLS connection replaces the certificate's principal, as in Kafka.
+    let sasl = Mutex::new(SaslState::authenticated_as(principal));
     let conn = Conn {
         server,
         info,

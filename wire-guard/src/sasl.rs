@@ -53,6 +53,14 @@ pub(crate) fn api_name(key: ApiKey) -> &'static str {
 }
 
 impl SaslState {
+    /// The state of a connection already authenticated as `principal` (mutual TLS), if any.
+    pub fn authenticated_as(principal: Option<String>) -> Self {
+        Self {
+            principal,
+            ..Self::default()
+        }
+    }
+
     /// Watches a SaslHandshake request (`payload` without the length prefix).
     pub fn on_handshake(&mut self, payload: Bytes, version: i16) -> Result<(), Error> {
         let req: SaslHandshakeRequest = decode_request(payload, ApiKey::SaslHandshake, version)?;

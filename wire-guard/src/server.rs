@@ -127,11 +127,15 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, target: Target)
         };
         let conn_server = server.clone();
         server.tracker.spawn(async move {
-            let client: BoxStream = match &conn_server.acceptor {
-                None => Box::new(tcp),
+            let (client, principal): (BoxStream, _) = match &conn_server.acceptor {
+                None => (Box::new(tcp), None),
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => Box::new(tls),
+                        Ok(Ok(tls)) => {
+                            let principal =
+                                certificate_principal(tls.get_ref().1.peer_certificates());
+                            (Box::new(tls), principal)
+                        }
                         Ok(Err(e)) => return tls_failed(&conn_server, info, &Error::ClientTls(e)),
                         Err(_) => {
                             let e = std::io::Error::new(
@@ -143,9 +147,19 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, target: Target)
                     }
                 }
             };
-            connection::serve(conn_server, client, info).await;
+            connection::serve(conn_server, client, info, principal).await;
         });
     }
+}
+
+/// The principal of a client that presented a certificate (mutual TLS): `User:` and the
+/// certificate's subject, as Kafka names SSL principals.
+fn certificate_principal(
+    chain: Option<&[rustls::pki_types::CertificateDer<'_>]>,
+) -> Option<String> {
+    let leaf = chain?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    Some(format!("User:{}", cert.subject()))
 }
 
 fn tls_failed(server: &Server, info: ConnInfo, e: &Error) {
