@@ -250,6 +250,22 @@ class QuietReader:
                                   % (self.what, len(self.records), self.expected))
         return False
 
+    def finished(self, until_quiet: bool) -> bool:
+        """Whether to stop reading: once quiet after ``expected`` records if ``until_quiet``,
+        else as soon as ``expected`` arrived. Fails at the deadline."""
+        if until_quiet:
+            return self.done()
+        if len(self.records) >= self.expected:
+            return True
+        if self.deadline.expired():
+            raise ScenarioFailure("%s: read %d of %d records before the deadline"
+                                  % (self.what, len(self.records), self.expected))
+        return False
+
+    def wanted(self, until_quiet: bool) -> Optional[int]:
+        """How many more records one poll may return (``None``: any number)."""
+        return None if until_quiet else self.expected - len(self.records)
+
 
 # --- OAUTHBEARER ----------------------------------------------------------
 

@@ -310,14 +310,8 @@ def consume_in_group(s: Session, group: str, topic: str, count: int, until_quiet
     reader = QuietReader(count, deadline, what)
     pending = [first] if first is not None else []
     while True:
-        if until_quiet:
-            if reader.done():
-                break
-        elif len(reader.records) >= count:
+        if reader.finished(until_quiet):
             break
-        elif deadline.expired():
-            raise ScenarioFailure("%s: read %d of %d records before the deadline"
-                                  % (what, len(reader.records), count))
         msg = pending.pop() if pending else c.poll(POLL_S)
         s.check_errors()
         if msg is None:

@@ -258,15 +258,9 @@ def consume_in_group(opts: Options, group: str, topic: str, count: int, until_qu
     join_s = None
     reader = QuietReader(count, deadline, what)
     while True:
-        if until_quiet:
-            if reader.done():
-                break
-        elif len(reader.records) >= count:
+        if reader.finished(until_quiet):
             break
-        elif deadline.expired():
-            raise ScenarioFailure("%s: read %d of %d records before the deadline"
-                                  % (what, len(reader.records), count))
-        max_records = None if until_quiet else count - len(reader.records)
+        max_records = reader.wanted(until_quiet)
         batches = c.poll(timeout_ms=int(POLL_S * 1000), max_records=max_records)
         if join_s is None and c.assignment():
             join_s = time.monotonic() - started
