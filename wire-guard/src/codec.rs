@@ -9,13 +9,12 @@ use kafka_protocol::{
 use crate::{
     error::{Error, Side},
     frame::{self, Frame},
-    sasl::api_name,
 };
 
 fn malformed(key: ApiKey, version: i16) -> impl Fn(anyhow::Error) -> Error {
     move |e| Error::Malformed {
         side: Side::Upstream,
-        api: api_name(key),
+        api: key,
         version,
         reason: e.to_string(),
     }
@@ -60,7 +59,7 @@ pub fn encode_response<M: Encodable>(
     })
     .map_err(|e| Error::Malformed {
         side: Side::Upstream,
-        api: api_name(key),
+        api: key,
         version,
         reason: format!("cannot re-encode: {e}"),
     })

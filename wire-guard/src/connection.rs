@@ -35,7 +35,7 @@ use crate::{
     header,
     inflight::{Acks0, InFlight, MAX_IN_FLIGHT, Reply},
     rewrite,
-    sasl::{SaslState, api_name},
+    sasl::SaslState,
     server::{Server, Target},
     upstream::BoxStream,
     versions,
@@ -237,7 +237,7 @@ impl Conn<'_> {
                 }
                 if !ok {
                     return Err(Error::UnadvertisedVersion {
-                        api: api_name(key),
+                        api: key,
                         version,
                         supported: supported.map_or("none".into(), |r| r.to_string()),
                     });

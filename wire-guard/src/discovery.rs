@@ -87,7 +87,7 @@ async fn discover(server: &Arc<Server>) -> Result<usize, Error> {
     let mut payload = frame.payload();
     let malformed = |e: anyhow::Error| Error::Malformed {
         side: Side::Upstream,
-        api: "Metadata",
+        api: ApiKey::Metadata,
         version: METADATA_VERSION,
         reason: e.to_string(),
     };

@@ -2,6 +2,8 @@
 
 use std::{fmt, io};
 
+use kafka_protocol::messages::ApiKey;
+
 /// Which peer a frame or fault belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -41,18 +43,18 @@ pub enum Error {
         what: &'static str,
     },
     /// A frame whose header or body does not decode as the API and version it claims.
-    #[error("{side} sent a malformed {api} v{version}: {reason}")]
+    #[error("{side} sent a malformed {api:?} v{version}: {reason}")]
     Malformed {
         side: Side,
-        api: &'static str,
+        api: ApiKey,
         version: i16,
         reason: String,
     },
     /// The client used a version of an API whose responses the proxy must rewrite but cannot
     /// decode; the proxy never advertised it, and forwarding it could leak broker addresses.
-    #[error("client sent {api} v{version}, a version the proxy did not advertise ({supported})")]
+    #[error("client sent {api:?} v{version}, a version the proxy did not advertise ({supported})")]
     UnadvertisedVersion {
-        api: &'static str,
+        api: ApiKey,
         version: i16,
         supported: String,
     },

@@ -56,7 +56,7 @@ impl Cursor<'_> {
     fn malformed(&self, reason: &str) -> Error {
         Error::Malformed {
             side: Side::Client,
-            api: "Produce",
+            api: ApiKey::Produce,
             version: self.version,
             reason: format!("{reason} at byte {}", self.pos),
         }

@@ -29,27 +29,13 @@ fn decode_request<M: Decodable>(payload: Bytes, api: ApiKey, version: i16) -> Re
     let mut buf = payload;
     let malformed = |e: anyhow::Error| Error::Malformed {
         side: Side::Client,
-        api: api_name(api),
+        api,
         version,
         reason: e.to_string(),
     };
     kafka_protocol::messages::RequestHeader::decode(&mut buf, api.request_header_version(version))
         .map_err(malformed)?;
     M::decode(&mut buf, version).map_err(malformed)
-}
-
-pub(crate) fn api_name(key: ApiKey) -> &'static str {
-    match key {
-        ApiKey::SaslHandshake => "SaslHandshake",
-        ApiKey::SaslAuthenticate => "SaslAuthenticate",
-        ApiKey::ApiVersions => "ApiVersions",
-        ApiKey::Metadata => "Metadata",
-        ApiKey::FindCoordinator => "FindCoordinator",
-        ApiKey::DescribeCluster => "DescribeCluster",
-        ApiKey::Produce => "Produce",
-        ApiKey::Fetch => "Fetch",
-        _ => "request",
-    }
 }
 
 impl SaslState {
