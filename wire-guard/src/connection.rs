@@ -33,7 +33,7 @@ use crate::{
     error::{Error, Side},
     frame::{self, Frame},
     header,
-    inflight::{Acks0, InFlight, MAX_IN_FLIGHT, Reply},
+    inflight::{Acks0, InFlight, MAX_IN_FLIGHT, Outstanding, Reply},
     rewrite,
     sasl::SaslState,
     server::{Server, Target},
@@ -117,6 +117,7 @@ fn cause(e: &Error) -> &'static str {
         Error::FrameTooLarge { .. } | Error::NegativeLength { .. } => "frame_size",
         Error::Truncated { .. } | Error::ShortFrame { .. } | Error::Malformed { .. } => "malformed",
         Error::UnadvertisedVersion { .. } => "unadvertised_version",
+        Error::DuplicateCorrelation { .. } => "client_protocol",
         Error::CorrelationMismatch { .. } | Error::Unsolicited => "upstream_protocol",
         Error::UpstreamClosed | Error::UpstreamDropped { .. } => "upstream_closed",
         Error::UpstreamConnect { .. } | Error::UnknownNode(_) => "upstream_connect",
@@ -159,10 +160,12 @@ async fn proxy(
     let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
     // A SASL exchange on a mutual-TLS connection replaces the certificate's principal, as in Kafka.
     let sasl = Mutex::new(SaslState::authenticated_as(principal));
+    let outstanding = Outstanding::default();
     let conn = Conn {
         server,
         info,
         sasl: &sasl,
+        outstanding: &outstanding,
     };
     tokio::try_join!(
         conn.requests(
@@ -183,6 +186,7 @@ struct Conn<'a> {
     server: &'a Arc<Server>,
     info: ConnInfo,
     sasl: &'a Mutex<SaslState>,
+    outstanding: &'a Outstanding,
 }
 
 impl Conn<'_> {
@@ -219,6 +223,11 @@ impl Conn<'_> {
                 .inc_by(head.wire_len() as u64);
             let meta = header::peek_request(head.payload())?;
             self.server.metrics.request(meta.api_key);
+            if !self.outstanding.insert(meta.correlation_id) {
+                return Err(Error::DuplicateCorrelation {
+                    correlation_id: meta.correlation_id,
+                });
+            }
             let key = ApiKey::try_from(meta.api_key).ok();
             let version = meta.api_version;
 
@@ -322,7 +331,7 @@ impl Conn<'_> {
                         Err(_) => {
                             let head = self.read_upstream(&mut upstream, None).await?;
                             let got = header::peek_response_correlation(head.payload())?;
-                            if unanswered_acks0.take(got) {
+                            if unanswered_acks0.take(got, self.outstanding) {
                                 head.complete(&mut upstream).await?;
                                 continue;
                             }
@@ -337,7 +346,7 @@ impl Conn<'_> {
                     .await
                     .map_err(Error::io(Side::Client))?,
                 Reply::NoneExpected => {
-                    unanswered_acks0.push(pending.correlation_id);
+                    unanswered_acks0.push(pending.correlation_id, self.outstanding);
                     continue;
                 }
                 Reply::Upstream => loop {
@@ -347,7 +356,7 @@ impl Conn<'_> {
                     let got = header::peek_response_correlation(head.payload())?;
                     if got == pending.correlation_id {
                         // Kafka answers in order: earlier acks=0 requests will get nothing.
-                        unanswered_acks0.clear();
+                        unanswered_acks0.clear(self.outstanding);
                         let metrics = &self.server.metrics;
                         metrics.upstream_latency(
                             pending.api_key,
@@ -366,7 +375,7 @@ impl Conn<'_> {
                         }
                         break;
                     }
-                    if !unanswered_acks0.take(got) {
+                    if !unanswered_acks0.take(got, self.outstanding) {
                         return Err(Error::CorrelationMismatch {
                             expected: pending.correlation_id,
                             got,
@@ -376,6 +385,7 @@ impl Conn<'_> {
                 },
             }
             client.flush().await.map_err(Error::io(Side::Client))?;
+            self.outstanding.remove([pending.correlation_id]);
         }
     }
 

@@ -58,6 +58,10 @@ pub enum Error {
         version: i16,
         supported: String,
     },
+    /// A correlation id may be in flight once per connection; reusing one would let a response
+    /// be decoded as the answer to a different request.
+    #[error("client reused correlation id {correlation_id} while a request with it was in flight")]
+    DuplicateCorrelation { correlation_id: i32 },
     /// Kafka answers requests in order; anything else is a broken upstream.
     #[error(
         "upstream answered correlation id {got} while {expected} was the oldest request in flight"
