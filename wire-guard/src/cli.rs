@@ -8,7 +8,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::Parser;
 use serde::Deserialize;
 
-use crate::config::{ClientTls, Config, DEFAULT_MAX_FRAME_BYTES, UpstreamTls};
+use crate::{
+    config::{ClientTls, Config, DEFAULT_MAX_FRAME_BYTES, UpstreamTls},
+    limits::Limits,
+};
 
 /// Kafka-protocol proxy: clients change only `bootstrap.servers`.
 ///
@@ -72,6 +75,36 @@ pub struct Args {
     /// Seconds shutdown waits for in-flight requests [default: 30].
     #[arg(long, env = "WIRE_GUARD_DRAIN_TIMEOUT_SECS")]
     pub drain_timeout_secs: Option<u64>,
+    /// Client connections served at once, all listeners together [default: 10000].
+    #[arg(long, env = "WIRE_GUARD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Client connections served at once from one IP address [default: 1000].
+    #[arg(long, env = "WIRE_GUARD_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Seconds a new connection has to send its first request [default: 10].
+    #[arg(long, env = "WIRE_GUARD_FIRST_REQUEST_TIMEOUT_SECS")]
+    pub first_request_timeout_secs: Option<u64>,
+    /// Seconds a connection with nothing in flight may stay silent [default: 600].
+    #[arg(long, env = "WIRE_GUARD_IDLE_TIMEOUT_SECS")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Seconds either side has to finish a frame once it has started [default: 60].
+    #[arg(long, env = "WIRE_GUARD_FRAME_TIMEOUT_SECS")]
+    pub frame_timeout_secs: Option<u64>,
+    /// Seconds a connection that starts SASL has to finish authenticating [default: 30].
+    #[arg(long, env = "WIRE_GUARD_AUTH_TIMEOUT_SECS")]
+    pub auth_timeout_secs: Option<u64>,
+    /// Seconds the broker has to answer a request before the connection is closed [default: 120].
+    #[arg(long, env = "WIRE_GUARD_REQUEST_TIMEOUT_SECS")]
+    pub request_timeout_secs: Option<u64>,
+    /// Seconds the broker may hold a JoinGroup request (a rebalance) [default: 330].
+    #[arg(long, env = "WIRE_GUARD_JOIN_TIMEOUT_SECS")]
+    pub join_timeout_secs: Option<u64>,
+    /// Largest SASL handshake or authentication frame, in bytes [default: 524288].
+    #[arg(long, env = "WIRE_GUARD_MAX_SASL_FRAME_BYTES")]
+    pub max_sasl_frame_bytes: Option<usize>,
+    /// Bytes of frames held whole in memory across all connections [default: 268435456].
+    #[arg(long, env = "WIRE_GUARD_BUFFER_BUDGET_BYTES")]
+    pub buffer_budget_bytes: Option<usize>,
     /// Log format: text or json.
     #[arg(long, env = "WIRE_GUARD_LOG_FORMAT", default_value = "text")]
     pub log_format: shared::telemetry::LogFormat,
@@ -95,6 +128,16 @@ struct FileConfig {
     upstream_tls_cert: Option<PathBuf>,
     upstream_tls_key: Option<PathBuf>,
     drain_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    first_request_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    frame_timeout_secs: Option<u64>,
+    auth_timeout_secs: Option<u64>,
+    request_timeout_secs: Option<u64>,
+    join_timeout_secs: Option<u64>,
+    max_sasl_frame_bytes: Option<usize>,
+    buffer_budget_bytes: Option<usize>,
 }
 
 /// A resolved command line: where to listen, and the configuration to run with.
@@ -206,6 +249,83 @@ impl Args {
             None => None,
         };
 
+        let mut limits = Limits::default();
+        let counts = [
+            (
+                "max_connections",
+                self.max_connections.or(file.max_connections),
+                &mut limits.max_connections,
+            ),
+            (
+                "max_connections_per_ip",
+                self.max_connections_per_ip.or(file.max_connections_per_ip),
+                &mut limits.max_connections_per_ip,
+            ),
+            (
+                "max_sasl_frame_bytes",
+                self.max_sasl_frame_bytes.or(file.max_sasl_frame_bytes),
+                &mut limits.max_sasl_frame_bytes,
+            ),
+            (
+                "buffer_budget_bytes",
+                self.buffer_budget_bytes.or(file.buffer_budget_bytes),
+                &mut limits.buffer_budget_bytes,
+            ),
+        ];
+        for (name, value, slot) in counts {
+            match value {
+                Some(0) => errors.push(format!("{name} must be at least 1")),
+                Some(v) => *slot = v,
+                None => {}
+            }
+        }
+        let timeouts = [
+            (
+                "first_request_timeout_secs",
+                self.first_request_timeout_secs
+                    .or(file.first_request_timeout_secs),
+                &mut limits.first_request_timeout,
+            ),
+            (
+                "idle_timeout_secs",
+                self.idle_timeout_secs.or(file.idle_timeout_secs),
+                &mut limits.idle_timeout,
+            ),
+            (
+                "frame_timeout_secs",
+                self.frame_timeout_secs.or(file.frame_timeout_secs),
+                &mut limits.frame_timeout,
+            ),
+            (
+                "auth_timeout_secs",
+                self.auth_timeout_secs.or(file.auth_timeout_secs),
+                &mut limits.auth_timeout,
+            ),
+            (
+                "request_timeout_secs",
+                self.request_timeout_secs.or(file.request_timeout_secs),
+                &mut limits.request_timeout,
+            ),
+            (
+                "join_timeout_secs",
+                self.join_timeout_secs.or(file.join_timeout_secs),
+                &mut limits.join_timeout,
+            ),
+        ];
+        for (name, value, slot) in timeouts {
+            match value {
+                Some(0) => errors.push(format!("{name} must be at least 1")),
+                Some(secs) => *slot = Duration::from_secs(secs),
+                None => {}
+            }
+        }
+        if limits.buffer_budget_bytes < limits.max_sasl_frame_bytes {
+            errors.push(format!(
+                "buffer_budget_bytes ({}) must hold at least one SASL frame (max_sasl_frame_bytes {})",
+                limits.buffer_budget_bytes, limits.max_sasl_frame_bytes
+            ));
+        }
+
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -222,6 +342,7 @@ impl Args {
         if let Some(secs) = self.drain_timeout_secs.or(file.drain_timeout_secs) {
             config.drain_timeout = Duration::from_secs(secs);
         }
+        config.limits = limits;
         Ok(Resolved { listen, config })
     }
 }
@@ -265,6 +386,43 @@ mod tests {
         );
         assert!(
             errors.iter().any(|e| e.contains("--broker-port-base")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn limits_come_from_flags_or_defaults_and_zero_is_refused() {
+        let r = parse(&[
+            "--upstream",
+            "b1:9092",
+            "--listen",
+            "127.0.0.1:19092",
+            "--max-connections",
+            "50",
+            "--request-timeout-secs",
+            "7",
+        ])
+        .unwrap();
+        assert_eq!(r.config.limits.max_connections, 50);
+        assert_eq!(r.config.limits.request_timeout, Duration::from_secs(7));
+        assert_eq!(r.config.limits.idle_timeout, Limits::default().idle_timeout);
+        let errors = parse(&[
+            "--upstream",
+            "b1:9092",
+            "--listen",
+            "127.0.0.1:19092",
+            "--idle-timeout-secs",
+            "0",
+            "--buffer-budget-bytes",
+            "1024",
+        ])
+        .unwrap_err();
+        assert!(
+            errors.iter().any(|e| e.contains("idle_timeout_secs")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.contains("buffer_budget_bytes")),
             "{errors:?}"
         );
     }

@@ -3,6 +3,8 @@
 
 use std::{path::PathBuf, time::Duration};
 
+use crate::limits::Limits;
+
 /// Kafka's own default for `socket.request.max.bytes`.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 100 * 1024 * 1024;
 
@@ -28,6 +30,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// How long connecting to an upstream broker may take.
     pub connect_timeout: Duration,
+    /// Connection caps, timeouts and the buffer budget.
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +64,7 @@ impl Config {
             policies: None,
             drain_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            limits: Limits::default(),
         }
     }
 }

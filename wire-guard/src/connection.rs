@@ -16,12 +16,12 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, DescribeClusterResponse, FindCoordinatorResponse,
-    MetadataResponse, ResponseHeader, SaslAuthenticateResponse,
+    ApiKey, ApiVersionsResponse, DescribeClusterResponse, DescribeConfigsResponse,
+    FindCoordinatorResponse, MetadataResponse, ResponseHeader, SaslAuthenticateResponse,
 };
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter, ReadHalf, WriteHalf},
@@ -30,15 +30,16 @@ use tokio::{
 
 use crate::{
     codec,
-    error::{Error, Side},
+    error::{Error, Side, api_name},
     frame::{self, Frame},
     header,
     inflight::{Acks0, InFlight, MAX_IN_FLIGHT, Outstanding, Reply},
+    limits::Reservation,
     rewrite,
     sasl::SaslState,
     server::{Server, Target},
     upstream::BoxStream,
-    versions,
+    versions::{self, Advertised},
 };
 
 const IO_BUFFER: usize = 64 * 1024;
@@ -56,6 +57,7 @@ fn inspects_response(api_key: i16) -> bool {
             | ApiKey::Metadata
             | ApiKey::FindCoordinator
             | ApiKey::DescribeCluster
+            | ApiKey::DescribeConfigs
             | ApiKey::SaslAuthenticate)
     )
 }
@@ -64,8 +66,8 @@ fn inspects_response(api_key: i16) -> bool {
 enum Request {
     /// Only its head has been read; the rest streams on as it arrives.
     Streamed(frame::Head),
-    /// Read whole, because the proxy needed its body.
-    Whole(Frame),
+    /// Read whole, because the proxy needed its body; holds its room in the buffer budget.
+    Whole(Frame, Reservation),
 }
 
 /// Who a connection belongs to, for its log lines.
@@ -102,35 +104,49 @@ pub async fn serve(
             tracing::debug!(conn = info.id, peer = %info.peer, reason = %e, "connection closed")
         }
         Err(e) => {
+            let (side, cause) = blame(&e);
             server
                 .metrics
                 .connection_errors
-                .with_label_values(&[cause(&e)])
+                .with_label_values(&[side, cause])
                 .inc();
-            tracing::warn!(conn = info.id, peer = %info.peer, target = ?info.target, error = %e, "closing connection");
+            tracing::warn!(conn = info.id, peer = %info.peer, target = ?info.target, blame = side, cause, error = %e, "closing connection");
         }
     }
 }
 
-fn cause(e: &Error) -> &'static str {
+/// Who caused a connection to end (`client`, `broker` or `proxy`), and how, for the log line
+/// and the `connection_errors_total` labels.
+fn blame(e: &Error) -> (&'static str, &'static str) {
+    let side = |side: &Side| match side {
+        Side::Client => "client",
+        Side::Upstream => "broker",
+    };
     match e {
-        Error::FrameTooLarge { .. } | Error::NegativeLength { .. } => "frame_size",
-        Error::Truncated { .. } | Error::ShortFrame { .. } | Error::Malformed { .. } => "malformed",
-        Error::UnadvertisedVersion { .. } => "unadvertised_version",
-        Error::DuplicateCorrelation { .. } => "client_protocol",
-        Error::CorrelationMismatch { .. } | Error::Unsolicited => "upstream_protocol",
-        Error::UpstreamClosed | Error::UpstreamDropped { .. } => "upstream_closed",
-        Error::UpstreamConnect { .. } | Error::UnknownNode(_) => "upstream_connect",
-        Error::PortMapping { .. } => "port_mapping",
-        Error::ClientTls(_) => "client_tls",
-        Error::Io {
-            side: Side::Client, ..
-        } => "client_io",
-        Error::Io {
-            side: Side::Upstream,
-            ..
-        } => "upstream_io",
-        Error::Config(_) | Error::Shared(_) => "internal",
+        Error::FrameTooLarge { side: s, .. } | Error::NegativeLength { side: s, .. } => {
+            (side(s), "frame_size")
+        }
+        Error::OverBudget { side: s, .. } => (side(s), "buffer_budget"),
+        Error::Truncated { side: s, .. }
+        | Error::ShortFrame { side: s, .. }
+        | Error::Malformed { side: s, .. } => (side(s), "malformed"),
+        Error::Timeout { side: s, .. } => (side(s), "timeout"),
+        Error::Io { side: s, .. } => (side(s), "io"),
+        Error::UnadvertisedVersion { .. } => ("client", "unadvertised_version"),
+        Error::DuplicateCorrelation { .. } => ("client", "duplicate_correlation_id"),
+        Error::ClientTls(_) => ("client", "tls"),
+        Error::Idle(_) => ("client", "idle"),
+        // A broker that closes on a request for an API it does not know is refusing the
+        // client's request, not failing.
+        Error::UpstreamDropped { api_key, .. } if ApiKey::try_from(*api_key).is_err() => {
+            ("client", "unknown_api")
+        }
+        Error::UpstreamClosed | Error::UpstreamDropped { .. } => ("broker", "closed"),
+        Error::CorrelationMismatch { .. } | Error::Unsolicited => ("broker", "protocol"),
+        Error::UpstreamConnect { .. } => ("broker", "connect"),
+        Error::UnknownNode(_) => ("proxy", "no_route"),
+        Error::PortMapping { .. } => ("proxy", "port_mapping"),
+        Error::Config(_) | Error::Shared(_) => ("proxy", "internal"),
     }
 }
 
@@ -140,6 +156,22 @@ async fn proxy(
     info: ConnInfo,
     principal: Option<String>,
 ) -> Result<(), Error> {
+    let limits = &server.config.limits;
+    let (client_read, client_write) = tokio::io::split(client);
+    let mut client_read = BufReader::with_capacity(IO_BUFFER, client_read);
+    // The broker connection is opened for a client that has said something, not for every
+    // socket: idle or half-open connections cost the cluster nothing.
+    let first = within(
+        limits.first_request_timeout,
+        Side::Client,
+        "sent no request",
+        async { client_read.fill_buf().await.map(|b| b.is_empty()) },
+    )
+    .await?
+    .map_err(Error::io(Side::Client))?;
+    if first {
+        return Ok(());
+    }
     let upstream = match info.target {
         Target::Bootstrap => {
             server
@@ -155,21 +187,22 @@ async fn proxy(
             server.connector.connect(&addr).await?
         }
     };
-    let (client_read, client_write) = tokio::io::split(client);
     let (upstream_read, upstream_write) = tokio::io::split(upstream);
     let (tx, rx) = mpsc::channel(MAX_IN_FLIGHT);
     // A SASL exchange on a mutual-TLS connection replaces the certificate's principal, as in Kafka.
     let sasl = Mutex::new(SaslState::authenticated_as(principal));
     let outstanding = Outstanding::default();
+    let advertised = Advertised::default();
     let conn = Conn {
         server,
         info,
         sasl: &sasl,
         outstanding: &outstanding,
+        advertised: &advertised,
     };
     tokio::try_join!(
         conn.requests(
-            BufReader::with_capacity(IO_BUFFER, client_read),
+            client_read,
             BufWriter::with_capacity(IO_BUFFER, upstream_write),
             tx,
         ),
@@ -182,11 +215,29 @@ async fn proxy(
     Ok(())
 }
 
+/// Runs `work`, failing with a [`Error::Timeout`] that blames `side` if it takes longer than
+/// `limit`.
+async fn within<T>(
+    limit: Duration,
+    side: Side,
+    what: &str,
+    work: impl Future<Output = T>,
+) -> Result<T, Error> {
+    tokio::time::timeout(limit, work)
+        .await
+        .map_err(|_| Error::Timeout {
+            side,
+            what: what.to_owned(),
+            after: limit,
+        })
+}
+
 struct Conn<'a> {
     server: &'a Arc<Server>,
     info: ConnInfo,
     sasl: &'a Mutex<SaslState>,
     outstanding: &'a Outstanding,
+    advertised: &'a Advertised,
 }
 
 impl Conn<'_> {
@@ -201,9 +252,17 @@ impl Conn<'_> {
         queue: mpsc::Sender<InFlight>,
     ) -> Result<(), Error> {
         let max = self.server.config.max_frame_bytes;
+        let limits = &self.server.config.limits;
         let mut scratch = Vec::new();
+        // Set by a SaslHandshake, cleared once the broker confirms a principal.
+        let mut auth_deadline: Option<Instant> = None;
         loop {
+            if auth_deadline.is_some() && self.sasl().principal.is_some() {
+                auth_deadline = None;
+            }
             // Wait for the next frame to start (cancel-safe) so shutdown never cuts one in half.
+            let idle_at = Instant::now() + limits.idle_timeout;
+            let wake = auth_deadline.map_or(idle_at, |a| a.min(idle_at));
             tokio::select! {
                 biased;
                 () = self.server.shutdown.cancelled() => return Ok(()),
@@ -212,11 +271,32 @@ impl Conn<'_> {
                         return Ok(());
                     }
                 }
+                () = tokio::time::sleep_until(wake.into()) => {
+                    if auth_deadline.is_some_and(|a| a <= Instant::now()) {
+                        return Err(Error::Timeout {
+                            side: Side::Client,
+                            what: "did not finish authenticating".into(),
+                            after: limits.auth_timeout,
+                        });
+                    }
+                    if wake == idle_at && self.outstanding.is_empty() {
+                        return Err(Error::Idle(limits.idle_timeout));
+                    }
+                    continue;
+                }
             }
-            let Some(head) = frame::read_head(&mut client, max, Side::Client, REQUEST_HEAD).await?
-            else {
-                return Ok(());
-            };
+            let mut head = within(
+                limits.frame_timeout,
+                Side::Client,
+                "did not finish a request header",
+                frame::read_head(&mut client, max, Side::Client, REQUEST_HEAD),
+            )
+            .await??
+            .ok_or(Error::Truncated {
+                side: Side::Client,
+                got: 0,
+                expected: 4,
+            })?;
             self.server
                 .metrics
                 .bytes_from_clients
@@ -236,7 +316,18 @@ impl Conn<'_> {
                 let ok = supported.is_some_and(|r| r.min <= version && version <= r.max);
                 if !ok && key == ApiKey::ApiVersions && version > 0 {
                     // Answered here; the request itself goes nowhere.
-                    head.complete(&mut client).await?;
+                    within(
+                        limits.frame_timeout,
+                        Side::Client,
+                        "did not finish a request",
+                        head.forward(
+                            &mut client,
+                            &mut tokio::io::sink(),
+                            Side::Client,
+                            &mut scratch,
+                        ),
+                    )
+                    .await??;
                     let local = unsupported_api_versions(meta.correlation_id)?;
                     queue
                         .send(self.in_flight(meta, Reply::Local(local)))
@@ -252,51 +343,88 @@ impl Conn<'_> {
                     });
                 }
             }
+            if let (Some(api), Err(range)) = (key, self.advertised.check(meta.api_key, version)) {
+                return Err(Error::UnadvertisedVersion {
+                    api,
+                    version,
+                    supported: range.map_or("none".into(), |r| r.to_string()),
+                });
+            }
 
-            let acks_in_head = (key == Some(ApiKey::Produce))
-                .then(|| header::produce_acks(head.payload(), version));
-            let needs_body = matches!(key, Some(ApiKey::SaslHandshake | ApiKey::SaslAuthenticate))
-                || matches!(acks_in_head, Some(Err(_)));
-            let request = if needs_body {
-                Request::Whole(head.complete(&mut client).await?)
+            let sasl = matches!(key, Some(ApiKey::SaslHandshake | ApiKey::SaslAuthenticate));
+            if sasl && head.wire_len() - 4 > limits.max_sasl_frame_bytes {
+                // Unauthenticated bytes: capped as Kafka caps them, before they are read.
+                return Err(Error::FrameTooLarge {
+                    side: Side::Client,
+                    len: (head.wire_len() - 4) as i64,
+                    max: limits.max_sasl_frame_bytes,
+                });
+            }
+            let mut reply = Reply::Upstream;
+            if key == Some(ApiKey::Produce) {
+                let mut acks = header::produce_acks(head.payload(), version);
+                if acks.is_err() && !head.is_complete() {
+                    // A long client or transactional id pushed `acks` past the first read; it
+                    // lies within the two length-prefixed strings' largest size.
+                    within(
+                        limits.frame_timeout,
+                        Side::Client,
+                        "did not finish a request header",
+                        head.read_more(&mut client, header::PRODUCE_ACKS_HORIZON),
+                    )
+                    .await??;
+                    acks = header::produce_acks(head.payload(), version);
+                }
+                if acks? == 0 {
+                    reply = Reply::NoneExpected;
+                }
+            }
+            let request = if sasl {
+                let held = self.hold(&head, Side::Client).await?;
+                let frame = within(
+                    limits.frame_timeout,
+                    Side::Client,
+                    "did not finish a request",
+                    head.complete(&mut client),
+                )
+                .await??;
+                let mut state = self.sasl();
+                if key == Some(ApiKey::SaslHandshake) {
+                    state.on_handshake(frame.payload(), version)?;
+                    auth_deadline.get_or_insert(Instant::now() + limits.auth_timeout);
+                } else {
+                    state.on_authenticate_request(frame.payload(), version)?;
+                }
+                Request::Whole(frame, held)
             } else {
                 Request::Streamed(head)
             };
-            let mut reply = Reply::Upstream;
-            if let Request::Whole(frame) = &request {
-                match key {
-                    Some(ApiKey::SaslHandshake) => {
-                        self.sasl().on_handshake(frame.payload(), version)?
-                    }
-                    Some(ApiKey::SaslAuthenticate) => self
-                        .sasl()
-                        .on_authenticate_request(frame.payload(), version)?,
-                    Some(ApiKey::Produce)
-                        if header::produce_acks(&frame.payload(), version)? == 0 =>
-                    {
-                        reply = Reply::NoneExpected
-                    }
-                    _ => {}
-                }
-            } else if let Some(Ok(0)) = acks_in_head {
-                reply = Reply::NoneExpected;
-            }
             // The response loop has ended (it logs why); stop reading quietly.
             if queue.send(self.in_flight(meta, reply)).await.is_err() {
                 return Ok(());
             }
             match request {
                 Request::Streamed(head) => {
-                    head.forward(&mut client, &mut upstream, Side::Upstream, &mut scratch)
-                        .await?
+                    within(
+                        limits.frame_timeout,
+                        Side::Client,
+                        "did not finish a request",
+                        head.forward(&mut client, &mut upstream, Side::Upstream, &mut scratch),
+                    )
+                    .await??
                 }
-                Request::Whole(frame) => upstream
+                Request::Whole(frame, _held) => upstream
                     .write_all(frame.wire())
                     .await
                     .map_err(Error::io(Side::Upstream))?,
             }
             upstream.flush().await.map_err(Error::io(Side::Upstream))?;
         }
+    }
+
+    /// Room in the buffer budget for the whole of `head`'s frame.
+    async fn hold(&self, head: &frame::Head, side: Side) -> Result<Reservation, Error> {
+        self.server.budget.reserve(head.wire_len(), side).await
     }
 
     fn in_flight(&self, meta: header::RequestMeta, reply: Reply) -> InFlight {
@@ -315,6 +443,7 @@ impl Conn<'_> {
         mut client: BufWriter<WriteHalf<BoxStream>>,
         mut queue: mpsc::Receiver<InFlight>,
     ) -> Result<(), Error> {
+        let limits = &self.server.config.limits;
         let mut unanswered_acks0 = Acks0::default();
         let mut scratch = Vec::new();
         loop {
@@ -332,7 +461,7 @@ impl Conn<'_> {
                             let head = self.read_upstream(&mut upstream, None).await?;
                             let got = header::peek_response_correlation(head.payload())?;
                             if unanswered_acks0.take(got, self.outstanding) {
-                                head.complete(&mut upstream).await?;
+                                self.discard(head, &mut upstream, &mut scratch).await?;
                                 continue;
                             }
                             return Err(Error::Unsolicited);
@@ -350,9 +479,24 @@ impl Conn<'_> {
                     continue;
                 }
                 Reply::Upstream => loop {
-                    let head = self
-                        .read_upstream(&mut upstream, Some((&pending, &queue)))
-                        .await?;
+                    // A broker that stops answering gets the connection closed, not waited on
+                    // forever: the client sees a disconnect and retries, and nothing leaks.
+                    let limit = limits.answer_within(pending.api_key);
+                    let head = tokio::time::timeout_at(
+                        (pending.sent_at + limit).into(),
+                        self.read_upstream(&mut upstream, Some((&pending, &queue))),
+                    )
+                    .await
+                    .map_err(|_| Error::Timeout {
+                        side: Side::Upstream,
+                        what: format!(
+                            "did not answer {} v{} (correlation id {})",
+                            api_name(pending.api_key),
+                            pending.api_version,
+                            pending.correlation_id
+                        ),
+                        after: limit,
+                    })??;
                     let got = header::peek_response_correlation(head.payload())?;
                     if got == pending.correlation_id {
                         // Kafka answers in order: earlier acks=0 requests will get nothing.
@@ -363,15 +507,32 @@ impl Conn<'_> {
                             pending.sent_at.elapsed().as_secs_f64(),
                         );
                         if inspects_response(pending.api_key) {
-                            let frame = head.complete(&mut upstream).await?;
+                            let _held = self.hold(&head, Side::Upstream).await?;
+                            let frame = within(
+                                limits.frame_timeout,
+                                Side::Upstream,
+                                "did not finish a response",
+                                head.complete(&mut upstream),
+                            )
+                            .await??;
                             let out = self.process_response(frame, &pending)?;
                             client
                                 .write_all(out.wire())
                                 .await
                                 .map_err(Error::io(Side::Client))?;
                         } else {
-                            head.forward(&mut upstream, &mut client, Side::Client, &mut scratch)
-                                .await?;
+                            within(
+                                limits.frame_timeout,
+                                Side::Upstream,
+                                "did not finish a response",
+                                head.forward(
+                                    &mut upstream,
+                                    &mut client,
+                                    Side::Client,
+                                    &mut scratch,
+                                ),
+                            )
+                            .await??;
                         }
                         break;
                     }
@@ -381,12 +542,29 @@ impl Conn<'_> {
                             got,
                         });
                     }
-                    head.complete(&mut upstream).await?;
+                    self.discard(head, &mut upstream, &mut scratch).await?;
                 },
             }
             client.flush().await.map_err(Error::io(Side::Client))?;
             self.outstanding.remove([pending.correlation_id]);
         }
+    }
+
+    /// Reads and drops the rest of a response nobody will receive (a broker's answer to an
+    /// `acks=0` produce).
+    async fn discard(
+        &self,
+        head: frame::Head,
+        upstream: &mut BufReader<ReadHalf<BoxStream>>,
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), Error> {
+        within(
+            self.server.config.limits.frame_timeout,
+            Side::Upstream,
+            "did not finish a response",
+            head.forward(upstream, &mut tokio::io::sink(), Side::Client, scratch),
+        )
+        .await?
     }
 
     /// Reads the start of the next upstream frame, enough for its correlation id; end of
@@ -437,6 +615,7 @@ impl Conn<'_> {
                 }
                 codec::transcode::<ApiVersionsResponse>(&frame, key, version, |r| {
                     versions::narrow(r);
+                    self.advertised.learn(r);
                     Ok(())
                 })
             }
@@ -451,6 +630,11 @@ impl Conn<'_> {
             ApiKey::DescribeCluster => {
                 codec::transcode::<DescribeClusterResponse>(&frame, key, version, |r| {
                     rewrite::describe_cluster(r, book)
+                })
+            }
+            ApiKey::DescribeConfigs => {
+                codec::transcode::<DescribeConfigsResponse>(&frame, key, version, |r| {
+                    rewrite::describe_configs(r)
                 })
             }
             ApiKey::SaslAuthenticate => {

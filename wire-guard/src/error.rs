@@ -58,6 +58,25 @@ pub enum Error {
         version: i16,
         supported: String,
     },
+    /// A peer kept the proxy waiting past one of its [`crate::limits::Limits`].
+    #[error("{side} {what} within {after:?}")]
+    Timeout {
+        side: Side,
+        what: String,
+        after: std::time::Duration,
+    },
+    /// A connection with nothing in flight stayed silent past the idle timeout: an ordinary end.
+    #[error("client idle for {0:?}")]
+    Idle(std::time::Duration),
+    /// A frame larger than the whole buffer budget can never be held.
+    #[error(
+        "{side} sent a {len}-byte frame that must be held whole, over the {budget}-byte buffer budget"
+    )]
+    OverBudget {
+        side: Side,
+        len: usize,
+        budget: usize,
+    },
     /// A correlation id may be in flight once per connection; reusing one would let a response
     /// be decoded as the answer to a different request.
     #[error("client reused correlation id {correlation_id} while a request with it was in flight")]
@@ -112,7 +131,7 @@ impl Error {
     /// Whether this is an ordinary disconnect rather than something an operator should see.
     pub fn is_disconnect(&self) -> bool {
         match self {
-            Error::UpstreamClosed => true,
+            Error::UpstreamClosed | Error::Idle(_) => true,
             Error::Io { source, .. } => matches!(
                 source.kind(),
                 io::ErrorKind::BrokenPipe
@@ -123,4 +142,9 @@ impl Error {
             _ => false,
         }
     }
+}
+
+/// An API key as the protocol crate names it, or its number when this build does not know it.
+pub(crate) fn api_name(key: i16) -> String {
+    ApiKey::try_from(key).map_or_else(|()| format!("api key {key}"), |k| format!("{k:?}"))
 }

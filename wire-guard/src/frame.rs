@@ -83,6 +83,16 @@ impl Head {
         4 + self.len
     }
 
+    /// Reads more of the payload, until `head_len` bytes of it (or all of it) are in.
+    pub async fn read_more<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut R,
+        head_len: usize,
+    ) -> Result<(), Error> {
+        let want = 4 + self.len.min(head_len);
+        fill(reader, &mut self.buf, want, self.side).await
+    }
+
     /// Reads the rest of the payload.
     pub async fn complete<R: AsyncRead + Unpin>(mut self, reader: &mut R) -> Result<Frame, Error> {
         fill(reader, &mut self.buf, 4 + self.len, self.side).await?;

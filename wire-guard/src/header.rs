@@ -119,6 +119,11 @@ impl Cursor<'_> {
     }
 }
 
+/// How far into a Produce request `acks` may lie: past the header and a client id and a
+/// transactional id, which Kafka caps at 32,767 bytes each, with room for header tags. A request
+/// whose `acks` is not within this is refused as malformed rather than buffered whole.
+pub const PRODUCE_ACKS_HORIZON: usize = 128 * 1024;
+
 /// The `acks` of a Produce request (`payload` is the frame after its length prefix).
 pub fn produce_acks(payload: &[u8], version: i16) -> Result<i16, Error> {
     let header_version = ApiKey::Produce.request_header_version(version);

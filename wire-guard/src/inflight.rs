@@ -59,6 +59,11 @@ impl Outstanding {
         self.ids().insert(correlation_id)
     }
 
+    /// Whether nothing awaits an answer.
+    pub fn is_empty(&self) -> bool {
+        self.ids().is_empty()
+    }
+
     /// Forgets answered (or no longer answerable) ids.
     pub fn remove(&self, ids: impl IntoIterator<Item = i32>) {
         let mut set = self.ids();

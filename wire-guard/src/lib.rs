@@ -13,7 +13,9 @@
 //!    narrowed by [`versions`] to what this build decodes; [`sasl`] learns each connection's
 //!    authenticated principal. [`codec`] does the decode/re-encode. Every other frame is
 //!    forwarded as the original bytes.
-//! 4. [`metrics`] counts connections, requests, bytes and upstream latency; [`cli`] and
+//! 4. [`limits`] bounds what any one peer can cost: connection caps (global and per IP), the
+//!    timeouts on clients and brokers, and the byte budget for frames held whole.
+//! 5. [`metrics`] counts connections, requests, bytes and upstream latency; [`cli`] and
 //!    [`config`] turn flags, environment and an optional YAML file into a [`Config`].
 
 pub mod brokers;
@@ -26,6 +28,7 @@ pub mod error;
 pub mod frame;
 pub mod header;
 pub mod inflight;
+pub mod limits;
 pub mod metrics;
 pub mod rewrite;
 pub mod sasl;

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub connections_total: IntCounterVec,
     pub connections_active: IntGauge,
     pub connection_errors: IntCounterVec,
+    pub connections_refused: IntCounterVec,
+    pub buffered_bytes: IntGauge,
     pub bytes_from_clients: IntCounter,
     pub bytes_from_upstream: IntCounter,
     per_api: HashMap<i16, PerApi>,
@@ -40,9 +42,20 @@ impl Metrics {
         let connection_errors = IntCounterVec::new(
             Opts::new(
                 "connection_errors_total",
-                "Connections closed because of an error, by cause",
+                "Connections closed because of an error, by the side that caused it (client, broker, proxy) and cause",
             ),
-            &["cause"],
+            &["side", "cause"],
+        )?;
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "connections_refused_total",
+                "Connections closed as soon as accepted because a connection limit was reached, by limit",
+            ),
+            &["limit"],
+        )?;
+        let buffered_bytes = IntGauge::new(
+            "buffered_bytes",
+            "Bytes of frames held whole in memory across all connections (the buffer budget in use)",
         )?;
         let bytes = IntCounterVec::new(
             Opts::new("bytes_total", "Bytes forwarded, by direction"),
@@ -66,6 +79,8 @@ impl Metrics {
         registry.register(Box::new(connections_total.clone()))?;
         registry.register(Box::new(connections_active.clone()))?;
         registry.register(Box::new(connection_errors.clone()))?;
+        registry.register(Box::new(connections_refused.clone()))?;
+        registry.register(Box::new(buffered_bytes.clone()))?;
         registry.register(Box::new(bytes.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
@@ -85,6 +100,8 @@ impl Metrics {
             connections_total,
             connections_active,
             connection_errors,
+            connections_refused,
+            buffered_bytes,
             bytes_from_clients: bytes.with_label_values(&["client_to_upstream"]),
             bytes_from_upstream: bytes.with_label_values(&["upstream_to_client"]),
             per_api,

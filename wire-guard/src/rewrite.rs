@@ -3,10 +3,15 @@
 //! Metadata (brokers), FindCoordinator (the single coordinator before v4, the batch from v4)
 //! and DescribeCluster (brokers) are decoded, each address replaced by the proxy's advertised
 //! host and the broker's proxy port, and re-encoded. Everything else in them, tagged fields
-//! included, is kept as received.
+//! included, is kept as received. DescribeConfigs answers carry listener addresses inside
+//! configuration values; those values are withheld, marked sensitive as Kafka marks secrets.
+//! (DescribeQuorum's node listeners are kept out by advertising only versions without them, see
+//! [`crate::versions`].)
 
 use kafka_protocol::{
-    messages::{DescribeClusterResponse, FindCoordinatorResponse, MetadataResponse},
+    messages::{
+        DescribeClusterResponse, DescribeConfigsResponse, FindCoordinatorResponse, MetadataResponse,
+    },
     protocol::StrBytes,
 };
 
@@ -53,6 +58,26 @@ pub fn describe_cluster(
     for broker in &mut response.brokers {
         (broker.host, broker.port) =
             book.translate(broker.broker_id.0, &broker.host, broker.port)?;
+    }
+    Ok(())
+}
+
+/// Broker configurations whose values name hosts and ports.
+fn names_addresses(config: &str) -> bool {
+    config.ends_with("listeners")
+        || config.starts_with("controller.quorum.")
+            && (config.ends_with(".voters") || config.ends_with(".bootstrap.servers"))
+}
+
+pub fn describe_configs(response: &mut DescribeConfigsResponse) -> Result<(), Error> {
+    for config in response.results.iter_mut().flat_map(|r| &mut r.configs) {
+        if names_addresses(&config.name) {
+            config.value = None;
+            config.is_sensitive = true;
+            for synonym in &mut config.synonyms {
+                synonym.value = None;
+            }
+        }
     }
     Ok(())
 }
@@ -128,6 +153,40 @@ mod tests {
         find_coordinator(&mut batched, 4, &book).unwrap();
         assert_eq!(batched.coordinators[0].port, 20_004);
         assert_eq!(&*batched.coordinators[1].host, "b4");
+    }
+
+    #[test]
+    fn listener_addresses_in_broker_configs_are_withheld() {
+        use kafka_protocol::messages::describe_configs_response::{
+            DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
+        };
+        let config = |name: &'static str, value: &'static str| {
+            let mut c = DescribeConfigsResourceResult::default();
+            c.name = StrBytes::from_static_str(name);
+            c.value = Some(StrBytes::from_static_str(value));
+            let mut synonym = DescribeConfigsSynonym::default();
+            synonym.value = c.value.clone();
+            c.synonyms.push(synonym);
+            c
+        };
+        let mut result = DescribeConfigsResult::default();
+        result.configs = vec![
+            config("advertised.listeners", "PLAINTEXT://b1.internal:9092"),
+            config("listeners", "PLAINTEXT://0.0.0.0:9092"),
+            config("controller.quorum.voters", "1@c1.internal:9093"),
+            config("log.retention.ms", "604800000"),
+        ];
+        let mut response = DescribeConfigsResponse::default();
+        response.results.push(result);
+        describe_configs(&mut response).unwrap();
+        let configs = &response.results[0].configs;
+        for c in &configs[..3] {
+            assert_eq!(c.value, None, "{}", c.name);
+            assert!(c.is_sensitive);
+            assert_eq!(c.synonyms[0].value, None);
+        }
+        assert_eq!(configs[3].value.as_deref(), Some("604800000"));
+        assert!(!configs[3].is_sensitive);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::{
     config::Config,
     connection::{self, ConnInfo},
     error::Error,
+    limits::{Admission, Budget},
     metrics::Metrics,
     rewrite::AddressBook,
     upstream::{BoxStream, Connector},
@@ -56,6 +57,10 @@ pub struct Server {
     pub force: CancellationToken,
     tracker: TaskTracker,
     next_conn_id: AtomicU64,
+    /// Connection caps, checked as each connection is accepted.
+    admission: Admission,
+    /// Bytes of whole frames held in memory across all connections.
+    pub budget: Budget,
 }
 
 impl AddressBook for Arc<Server> {
@@ -114,6 +119,19 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, target: Target)
                 continue;
             }
         };
+        let admitted = match server.admission.admit(peer.ip()) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                // Closed at once: a flood of connections costs a descriptor for a moment only.
+                server
+                    .metrics
+                    .connections_refused
+                    .with_label_values(&[refusal.label()])
+                    .inc();
+                tracing::debug!(%peer, limit = refusal.label(), "connection refused");
+                continue;
+            }
+        };
         let _ = tcp.set_nodelay(true);
         server
             .metrics
@@ -127,6 +145,7 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, target: Target)
         };
         let conn_server = server.clone();
         server.tracker.spawn(async move {
+            let _admitted = admitted;
             let (client, principal): (BoxStream, _) = match &conn_server.acceptor {
                 None => (Box::new(tcp), None),
                 Some(acceptor) => {
@@ -152,6 +171,27 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, target: Target)
     }
 }
 
+/// How often `/readyz` re-checks that an upstream broker accepts connections.
+const READINESS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Keeps `/readyz` true only while some upstream bootstrap server accepts a connection (and its
+/// TLS handshake, when configured): a proxy that cannot reach the cluster should be taken out of
+/// a load balancer rather than hand clients a connection that fails.
+async fn readiness_probe(server: Arc<Server>, readiness: shared::telemetry::Readiness) {
+    loop {
+        let reachable = server
+            .connector
+            .connect_any(&server.config.upstreams)
+            .await
+            .is_ok();
+        if reachable != readiness.is_ready() {
+            tracing::info!(ready = reachable, "upstream reachability changed");
+        }
+        readiness.set(reachable);
+        tokio::time::sleep(READINESS_INTERVAL).await;
+    }
+}
+
 /// The principal of a client that presented a certificate (mutual TLS): `User:` and the
 /// certificate's subject, as Kafka names SSL principals.
 fn certificate_principal(
@@ -166,7 +206,7 @@ fn tls_failed(server: &Server, info: ConnInfo, e: &Error) {
     server
         .metrics
         .connection_errors
-        .with_label_values(&["client_tls"])
+        .with_label_values(&["client", "tls"])
         .inc();
     tracing::warn!(conn = info.id, peer = %info.peer, error = %e, "closing connection");
 }
@@ -229,6 +269,11 @@ pub async fn run(
         }
         None => None,
     };
+    let admission = Admission::new(&config.limits);
+    let budget = Budget::new(
+        config.limits.buffer_budget_bytes,
+        metrics.buffered_bytes.clone(),
+    );
     let server = Arc::new(Server {
         connector: Connector::new(upstream_tls, config.connect_timeout),
         advertised_host: StrBytes::from_string(config.advertised_host.clone()),
@@ -242,6 +287,8 @@ pub async fn run(
         force: CancellationToken::new(),
         tracker: TaskTracker::new(),
         next_conn_id: AtomicU64::new(1),
+        admission,
+        budget,
         config,
     });
     tracing::info!(
@@ -252,13 +299,14 @@ pub async fn run(
         tls = server.acceptor.is_some(),
         "wire-guard listening"
     );
-    readiness.set(true);
     server
         .tracker
         .spawn(crate::discovery::open_broker_listeners(server.clone()));
+    let probe = tokio::spawn(readiness_probe(server.clone(), readiness.clone()));
 
     accept_loop(server.clone(), listener, Target::Bootstrap).await;
 
+    probe.abort();
     readiness.set(false);
     server.tracker.close();
     tracing::info!(drain_timeout = ?server.config.drain_timeout, "shutting down: draining in-flight requests");

@@ -16,6 +16,12 @@ pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 pub type BoxStream = Box<dyn Stream>;
 
+/// Probes after a minute of silence, every 10 s, and gives up after 6 unanswered probes.
+const KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
+    .with_time(Duration::from_secs(60))
+    .with_interval(Duration::from_secs(10))
+    .with_retries(6);
+
 /// Opens connections to brokers.
 #[derive(Clone)]
 pub struct Connector {
@@ -56,6 +62,10 @@ impl Connector {
             .map_err(|_| fail(format!("no answer within {:?}", self.timeout)))?
             .map_err(|e| fail(e.to_string()))?;
         tcp.set_nodelay(true).map_err(|e| fail(e.to_string()))?;
+        // A broker that vanishes without a FIN (power loss, a dropped NAT entry) is noticed.
+        socket2::SockRef::from(&tcp)
+            .set_tcp_keepalive(&KEEPALIVE)
+            .map_err(|e| fail(e.to_string()))?;
         let Some(tls) = &self.tls else {
             return Ok(Box::new(tcp));
         };

@@ -8,6 +8,8 @@
 //! Metadata path, which is rewritten. API keys this build does not know pass through untouched:
 //! their frames are forwarded as bytes and the proxy never needs to read them.
 
+use std::{collections::HashMap, sync::Mutex};
+
 use kafka_protocol::{
     ResponseError,
     messages::{ApiKey, ApiVersionsResponse, api_versions_response::ApiVersion},
@@ -25,6 +27,8 @@ pub fn supported(key: ApiKey) -> Option<VersionRange> {
         ApiKey::Produce => Some(cap(9)),
         ApiKey::Fetch => Some(cap(15)),
         ApiKey::ShareFetch | ApiKey::ShareAcknowledge => None,
+        // v2 adds each voter's listener addresses.
+        ApiKey::DescribeQuorum => Some(cap(1)),
         // Older SASL handshakes switch the connection to unframed tokens.
         ApiKey::SaslHandshake => Some(VersionRange {
             min: 1,
@@ -53,6 +57,55 @@ pub fn narrow(response: &mut ApiVersionsResponse) {
     });
 }
 
+/// The versions one client connection was told it may use: its ApiVersions response after
+/// narrowing. A request outside them would reach a broker that may not speak that version (the
+/// intersection is narrower than either side), so it is refused rather than forwarded. Until the
+/// client asks (some clients never do), only [`supported`] applies.
+#[derive(Debug, Default)]
+pub struct Advertised(Mutex<Option<HashMap<i16, VersionRange>>>);
+
+impl Advertised {
+    fn ranges(&self) -> std::sync::MutexGuard<'_, Option<HashMap<i16, VersionRange>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers what a narrowed ApiVersions response told the client.
+    pub fn learn(&self, response: &ApiVersionsResponse) {
+        let ranges = response
+            .api_keys
+            .iter()
+            .map(|e| {
+                let range = VersionRange {
+                    min: e.min_version,
+                    max: e.max_version,
+                };
+                (e.api_key, range)
+            })
+            .collect();
+        *self.ranges() = Some(ranges);
+    }
+
+    /// Whether a request for `key` at `version` was advertised; on refusal, the range that was
+    /// (none if the key was not advertised at all). ApiVersions itself is always let through:
+    /// a client retries it at the version the broker names.
+    pub fn check(&self, key: i16, version: i16) -> Result<(), Option<VersionRange>> {
+        let ranges = self.ranges();
+        let Some(ranges) = ranges.as_ref() else {
+            return Ok(());
+        };
+        if key == ApiKey::ApiVersions as i16 {
+            return Ok(());
+        }
+        match ranges.get(&key) {
+            Some(r) if r.min <= version && version <= r.max => Ok(()),
+            Some(r) => Err(Some(*r)),
+            // An API this build does not know and the broker did not list: the broker answers.
+            None if ApiKey::try_from(key).is_err() => Ok(()),
+            None => Err(None),
+        }
+    }
+}
+
 /// The reply a broker gives to an ApiVersions request newer than it understands: version 0,
 /// `UNSUPPORTED_VERSION`, and the ApiVersions range it does support, so the client retries.
 pub fn unsupported_version_reply() -> ApiVersionsResponse {
@@ -76,6 +129,8 @@ pub fn must_decode_response(key: ApiKey) -> bool {
             | ApiKey::Metadata
             | ApiKey::FindCoordinator
             | ApiKey::DescribeCluster
+            | ApiKey::DescribeConfigs
+            | ApiKey::DescribeQuorum
             | ApiKey::SaslHandshake
             | ApiKey::SaslAuthenticate
             | ApiKey::Produce
@@ -125,6 +180,31 @@ mod tests {
                 (ApiKey::ApiVersions as i16, 0, 4),
                 (30_000, 0, 3),
             ]
+        );
+    }
+
+    #[test]
+    fn requests_are_held_to_what_the_client_was_told() {
+        let advertised = Advertised::default();
+        assert_eq!(
+            advertised.check(ApiKey::Metadata as i16, 13),
+            Ok(()),
+            "nothing learnt yet"
+        );
+        let mut response = ApiVersionsResponse::default();
+        response.api_keys = vec![entry(ApiKey::Metadata as i16, 0, 12)];
+        advertised.learn(&response);
+        assert_eq!(advertised.check(ApiKey::Metadata as i16, 12), Ok(()));
+        assert_eq!(
+            advertised.check(ApiKey::Metadata as i16, 13),
+            Err(Some(VersionRange { min: 0, max: 12 }))
+        );
+        assert_eq!(advertised.check(ApiKey::Produce as i16, 9), Err(None));
+        assert_eq!(advertised.check(ApiKey::ApiVersions as i16, 9), Ok(()));
+        assert_eq!(
+            advertised.check(30_000, 0),
+            Ok(()),
+            "unknown keys pass through"
         );
     }
 
