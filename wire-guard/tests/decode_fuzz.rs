@@ -10,10 +10,13 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::{
     messages::{
-        ApiKey, ApiVersionsResponse, BrokerId, DescribeClusterResponse, FindCoordinatorResponse,
-        MetadataResponse, ResponseHeader, SaslAuthenticateResponse,
+        ApiKey, ApiVersionsResponse, BrokerId, DescribeClusterResponse, DescribeConfigsResponse,
+        FindCoordinatorResponse, MetadataResponse, ResponseHeader, SaslAuthenticateResponse,
         api_versions_response::ApiVersion,
         describe_cluster_response::DescribeClusterBroker,
+        describe_configs_response::{
+            DescribeConfigsResourceResult, DescribeConfigsResult, DescribeConfigsSynonym,
+        },
         find_coordinator_response::Coordinator,
         metadata_response::{
             MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
@@ -195,6 +198,31 @@ fn describe_cluster_responses() {
         ApiKey::DescribeCluster,
         |_| r.clone(),
         0x0f0f_1234_dead_beef,
+    );
+}
+
+#[test]
+fn describe_configs_responses() {
+    let mut r = DescribeConfigsResponse::default();
+    let mut result = DescribeConfigsResult::default();
+    result.resource_name = s("1");
+    for (name, value) in [
+        ("advertised.listeners", "PLAINTEXT://b1:9092"),
+        ("log.retention.ms", "1"),
+    ] {
+        let mut c = DescribeConfigsResourceResult::default();
+        c.name = s(name);
+        c.value = Some(s(value));
+        let mut synonym = DescribeConfigsSynonym::default();
+        synonym.name = s(name);
+        c.synonyms.push(synonym);
+        result.configs.push(c);
+    }
+    r.results.push(result);
+    fuzz(
+        ApiKey::DescribeConfigs,
+        |_| r.clone(),
+        0x7777_1111_9999_2222,
     );
 }
 
