@@ -38,8 +38,29 @@ pub fn supported(key: ApiKey) -> Option<VersionRange> {
     }
 }
 
-/// Intersects a broker's advertised versions with [`supported`], in place.
+/// The highest `transaction.version` feature level clients may be told of. Level 2 (KIP-890)
+/// has clients stop sending AddPartitionsToTxn and rely on Produce v12+ to add partitions to a
+/// transaction; with Produce capped at v9 their first transactional write would be refused
+/// (`Partition was not added to the transaction`). At level 1 clients add partitions
+/// explicitly, which works with every Produce version.
+const TRANSACTION_VERSION_CAP: i16 = 1;
+
+/// Intersects a broker's advertised versions with [`supported`], in place, and caps the
+/// features whose levels assume versions the proxy does not advertise.
 pub fn narrow(response: &mut ApiVersionsResponse) {
+    for f in &mut response.supported_features {
+        if &*f.name == "transaction.version" {
+            f.min_version = f.min_version.min(TRANSACTION_VERSION_CAP);
+            f.max_version = f.max_version.min(TRANSACTION_VERSION_CAP);
+        }
+    }
+    for f in &mut response.finalized_features {
+        if &*f.name == "transaction.version" {
+            // Both ends: a minimum above the maximum is refused by the Java admin client.
+            f.min_version_level = f.min_version_level.min(TRANSACTION_VERSION_CAP);
+            f.max_version_level = f.max_version_level.min(TRANSACTION_VERSION_CAP);
+        }
+    }
     response.api_keys.retain_mut(|entry| {
         let Ok(key) = ApiKey::try_from(entry.api_key) else {
             return true;
@@ -205,6 +226,40 @@ mod tests {
             advertised.check(30_000, 0),
             Ok(()),
             "unknown keys pass through"
+        );
+    }
+
+    #[test]
+    fn transaction_version_is_capped_below_the_level_that_needs_produce_v12() {
+        use kafka_protocol::{
+            messages::api_versions_response::{FinalizedFeatureKey, SupportedFeatureKey},
+            protocol::StrBytes,
+        };
+        let mut response = ApiVersionsResponse::default();
+        for name in ["transaction.version", "group.version"] {
+            let mut s = SupportedFeatureKey::default();
+            s.name = StrBytes::from_static_str(name);
+            s.max_version = 2;
+            response.supported_features.push(s);
+            let mut f = FinalizedFeatureKey::default();
+            f.name = StrBytes::from_static_str(name);
+            f.min_version_level = 2;
+            f.max_version_level = 2;
+            response.finalized_features.push(f);
+        }
+        narrow(&mut response);
+        let finalized = &response.finalized_features;
+        assert_eq!(
+            (
+                finalized[0].min_version_level,
+                finalized[0].max_version_level
+            ),
+            (1, 1)
+        );
+        assert_eq!(response.supported_features[0].max_version, 1);
+        assert_eq!(
+            finalized[1].max_version_level, 2,
+            "other features untouched"
         );
     }
 
