@@ -15,10 +15,12 @@
 
 use std::{
     net::SocketAddr,
+    panic::AssertUnwindSafe,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
+use futures::FutureExt;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, DescribeClusterResponse, DescribeConfigsResponse,
     FindCoordinatorResponse, MetadataResponse, ResponseHeader, SaslAuthenticateResponse,
@@ -90,8 +92,11 @@ pub async fn serve(
     if let Some(principal) = &principal {
         tracing::info!(conn = info.id, peer = %info.peer, principal, mechanism = "TLS", "client authenticated");
     }
+    // A bug that panics while serving one connection ends that connection only: the panic is
+    // caught here, logged and counted, and the gauges stay true.
+    let serving = AssertUnwindSafe(proxy(&server, client, info, principal)).catch_unwind();
     let result = tokio::select! {
-        r = proxy(&server, client, info, principal) => r,
+        r = serving => r.unwrap_or_else(|panic| Err(Error::Panic(panic_message(&panic)))),
         () = server.force.cancelled() => {
             tracing::warn!(conn = info.id, peer = %info.peer, "closing connection: shutdown drain deadline passed");
             Ok(())
@@ -113,6 +118,14 @@ pub async fn serve(
             tracing::warn!(conn = info.id, peer = %info.peer, target = ?info.target, blame = side, cause, error = %e, "closing connection");
         }
     }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_owned())
 }
 
 /// Who caused a connection to end (`client`, `broker` or `proxy`), and how, for the log line
@@ -147,6 +160,7 @@ fn blame(e: &Error) -> (&'static str, &'static str) {
         Error::UnknownNode(_) => ("proxy", "no_route"),
         Error::PortMapping { .. } => ("proxy", "port_mapping"),
         Error::Config(_) | Error::Shared(_) => ("proxy", "internal"),
+        Error::Panic(_) => ("proxy", "panic"),
     }
 }
 

@@ -116,6 +116,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A bug: serving the connection panicked. Only that connection ends.
+    #[error("internal error while serving the connection: {0}")]
+    Panic(String),
     /// A configuration value that cannot work; raised before anything is started.
     #[error("configuration: {0}")]
     Config(String),
