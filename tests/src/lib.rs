@@ -2,21 +2,26 @@
 //!
 //! - [`stack`]: where `scripts/install-stack` put the broker, the Python clients and the
 //!   identity provider; free ports; child processes killed on drop.
-//! - [`broker`]: a Tansu broker with in-memory storage, optionally behind the SASL/TLS front
-//!   in `tests/broker_front/` (Tansu can neither require SASL with a working login nor
-//!   serve TLS).
+//! - [`broker`]: Apache Kafka, the reference broker: one single-node KRaft broker per test
+//!   binary with plaintext, SASL (PLAIN, SCRAM) and TLS listeners; [`Endpoint`](broker::Endpoint)
+//!   names what a proxy under test sends its traffic to.
+//! - [`tansu`]: a Tansu broker with in-memory storage per test, the second broker
+//!   implementation the client tests run against.
 //! - [`certs`]: throwaway CA and server certificates.
-//! - [`python`]: runs the client scenarios under `tests/clients/` with a chosen client library.
-//! - [`kafka`]: a raw protocol client for requests no real client sends.
+//! - [`client`]: runs the client scenarios under `tests/clients/` with a chosen client library:
+//!   three Python ones and the Java client.
+//! - [`raw`]: a raw protocol client for requests no real client sends.
 //! - [`proxy`]: wire-guard in-process or as its binary, on ports picked for the test.
 //! - [`oidc`]: the OAuth2/OIDC mock provider issuing client_credentials tokens.
 //!
-//! Every test starts its own processes on ports it picked, so tests run in parallel.
+//! Tests start their own proxies (and Tansu brokers) on ports they picked and use topics of their
+//! own on the shared Kafka broker, so they run in parallel.
 
 pub mod broker;
 pub mod certs;
-pub mod kafka;
+pub mod client;
 pub mod oidc;
 pub mod proxy;
-pub mod python;
+pub mod raw;
 pub mod stack;
+pub mod tansu;

@@ -13,14 +13,17 @@ use tokio_util::sync::CancellationToken;
 use wire_guard::Config;
 
 use crate::{
-    broker::TANSU_NODE_ID,
+    broker::Endpoint,
     stack::{ChildGuard, free_port, wait_for_port},
 };
 
-/// A broker port base under which Tansu's node lands on a port that was just free.
-pub fn broker_port_base() -> u16 {
+/// A broker port base under which node `node_id` lands on a port that was just free.
+pub fn broker_port_base(node_id: i32) -> u16 {
     let port = free_port();
-    port.checked_sub(TANSU_NODE_ID as u16).unwrap_or(port)
+    u16::try_from(node_id)
+        .ok()
+        .and_then(|id| port.checked_sub(id))
+        .unwrap_or(port)
 }
 
 /// wire-guard running inside the test process.
@@ -28,6 +31,8 @@ pub struct InProcess {
     pub addr: SocketAddr,
     /// The proxy port of node 0.
     pub broker_port_base: u16,
+    /// The node id of the broker behind the proxy.
+    pub node_id: i32,
     pub admin: SocketAddr,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<Result<(), wire_guard::Error>>,
@@ -35,13 +40,16 @@ pub struct InProcess {
 
 impl InProcess {
     /// Starts wire-guard in front of `upstream`; `tune` adjusts the configuration first.
-    pub async fn start(upstream: &str, tune: impl FnOnce(&mut Config)) -> anyhow::Result<Self> {
+    pub async fn start(
+        upstream: &Endpoint,
+        tune: impl FnOnce(&mut Config),
+    ) -> anyhow::Result<Self> {
         crate::stack::init_test_logging();
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
-        let mut config = Config::new(vec![upstream.to_owned()], "127.0.0.1");
-        let base = broker_port_base();
+        let mut config = Config::new(vec![upstream.bootstrap.clone()], "127.0.0.1");
+        let base = broker_port_base(upstream.node_id);
         config.broker_port_base = Some(base);
         config.admin_listen = Some(admin);
         config.drain_timeout = Duration::from_secs(5);
@@ -52,6 +60,7 @@ impl InProcess {
         Ok(Self {
             addr,
             broker_port_base: base,
+            node_id: upstream.node_id,
             admin,
             shutdown,
             task,
@@ -62,9 +71,9 @@ impl InProcess {
         self.addr.to_string()
     }
 
-    /// The proxy port Tansu's node is served on.
+    /// The proxy port the broker's node is served on.
     pub fn broker_port(&self) -> anyhow::Result<u16> {
-        Ok(self.broker_port_base + u16::try_from(TANSU_NODE_ID)?)
+        Ok(self.broker_port_base + u16::try_from(self.node_id)?)
     }
 
     /// The Prometheus exposition from the admin endpoint.
@@ -104,19 +113,31 @@ pub fn binary() -> PathBuf {
 pub struct Process {
     pub addr: SocketAddr,
     pub log: PathBuf,
-    _child: ChildGuard,
+    child: ChildGuard,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub admin: SocketAddr,
 }
 
 impl Process {
-    pub async fn start(upstream: &str, extra: &[&str], log_dir: &Path) -> anyhow::Result<Self> {
+    pub async fn start(
+        upstream: &Endpoint,
+        extra: &[&str],
+        log_dir: &Path,
+    ) -> anyhow::Result<Self> {
         let port = free_port();
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
         let log = log_dir.join("wire-guard.log");
         let out = std::fs::File::create(&log)?;
         let child = Command::new(binary())
-            .args(["--upstream", upstream, "--listen", &addr.to_string()])
-            .args(["--broker-port-base", &broker_port_base().to_string()])
+            .args(["--upstream", &upstream.bootstrap])
+            .args(["--listen", &addr.to_string()])
+            .args([
+                "--broker-port-base",
+                &broker_port_base(upstream.node_id).to_string(),
+            ])
             .args(["--log-format", "json"])
+            .args(["--admin-listen", &admin.to_string()])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -131,12 +152,42 @@ impl Process {
         Ok(Self {
             addr,
             log,
-            _child: guard,
+            child: guard,
+            admin,
         })
     }
 
     pub fn bootstrap(&self) -> String {
         self.addr.to_string()
+    }
+
+    /// The process's resident memory, from `/proc`.
+    pub fn rss_bytes(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .ok_or_else(|| anyhow::anyhow!("no VmRSS in /proc status"))?
+            .parse()?;
+        Ok(kib * 1024)
+    }
+
+    /// The Prometheus exposition from the admin endpoint.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(reqwest::get(format!("http://{}/metrics", self.admin))
+            .await?
+            .text()
+            .await?)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.child.try_wait(), Ok(None))
     }
 
     /// Waits (bounded) until the log holds a line containing every needle.

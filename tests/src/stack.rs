@@ -39,6 +39,11 @@ pub fn tansu_bin() -> PathBuf {
     installed("TANSU_BIN", cache_dir().join("bin/tansu"))
 }
 
+/// The directory of jars holding Apache Kafka, its tools and the Java client.
+pub fn kafka_libs() -> PathBuf {
+    installed("KAFKA_LIBS", cache_dir().join("kafka/libs"))
+}
+
 /// The virtualenv Python with the Kafka client libraries.
 pub fn python_bin() -> PathBuf {
     installed("KAFKA_GUARD_PYTHON", cache_dir().join("venv/bin/python"))

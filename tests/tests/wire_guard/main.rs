@@ -1,6 +1,8 @@
-//! wire-guard against a real Tansu broker and real Kafka clients.
+//! wire-guard against Apache Kafka (and Tansu, for the client scenarios) with real Kafka
+//! clients, raw protocol clients and scripted hostile peers.
 
 mod clients;
+mod limits;
 mod malformed;
 mod protocol;
 mod sasl;

@@ -1,7 +1,13 @@
 //! Bad input closes only the offending connection, with a log line that says why.
 
-use integration_tests::{broker::Broker, kafka::RawClient, proxy::Process, python};
-use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse};
+use integration_tests::{broker, client, proxy::Process, raw::RawClient, tansu::Tansu};
+use kafka_protocol::{
+    messages::{
+        ApiKey, MetadataRequest, MetadataResponse, ProduceRequest, TopicName,
+        produce_request::TopicProduceData,
+    },
+    protocol::StrBytes,
+};
 use tokio::io::AsyncWriteExt;
 
 /// A request header for `api_key` with no body.
@@ -19,10 +25,9 @@ fn bare_request(api_key: i16) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_frames_close_only_their_connection_with_a_clear_log_line() -> anyhow::Result<()>
 {
-    let broker = Broker::start().await?;
     let logs = tempfile::tempdir()?;
     let proxy = Process::start(
-        &broker.bootstrap(),
+        &broker::shared().endpoint(),
         &["--max-frame-bytes", "1048576"],
         logs.path(),
     )
@@ -82,7 +87,43 @@ async fn malformed_frames_close_only_their_connection_with_a_clear_log_line() ->
     }
 
     // A real client on the same proxy is unaffected.
-    let result = python::scenario("confluent", &proxy.bootstrap(), "roundtrip", &[]).await?;
+    let result = client::scenario("confluent", &proxy.bootstrap(), "roundtrip", &[]).await?;
     assert_eq!(result["ok"], true);
+    Ok(())
+}
+
+/// Tansu answers `acks=0` produce requests. A client that reuses the produce's correlation id for
+/// a Metadata request once had that answer decoded as Metadata, its bytes read as an array
+/// count, and the whole process aborted on the allocation. The reuse itself is now refused:
+/// that connection closes, the proxy and its other clients carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correlation_id_reused_while_in_flight_closes_only_that_connection() -> anyhow::Result<()>
+{
+    let broker = Tansu::start().await?;
+    let logs = tempfile::tempdir()?;
+    let proxy = Process::start(&broker.endpoint(), &[], logs.path()).await?;
+    let mut healthy = RawClient::connect(proxy.addr).await?;
+
+    let mut attacker = RawClient::connect(proxy.addr).await?;
+    let mut produce = ProduceRequest::default();
+    produce.acks = 0;
+    produce.timeout_ms = 1000;
+    let mut topic = TopicProduceData::default();
+    topic.name = TopicName(StrBytes::from_static_str("reused-correlation-ids"));
+    produce.topic_data.push(topic);
+    attacker.send(ApiKey::Produce, 3, 5, &produce).await?;
+    attacker
+        .send(ApiKey::Metadata, 0, 5, &MetadataRequest::default())
+        .await?;
+    assert!(attacker.closed_by_peer().await, "connection left open");
+    let line = proxy
+        .wait_for_log(&["closing connection", "reused correlation id 5"])
+        .await?;
+    assert!(line.contains("\"level\":\"WARN\""), "{line}");
+
+    let r: MetadataResponse = healthy
+        .call(ApiKey::Metadata, 4, &MetadataRequest::default())
+        .await?;
+    assert!(!r.brokers.is_empty(), "the proxy stopped serving");
     Ok(())
 }

@@ -2,13 +2,18 @@
 //! ordering, `acks=0`, and graceful shutdown.
 
 use bytes::Buf;
-use integration_tests::{broker::Broker, kafka::RawClient, proxy::InProcess};
+use integration_tests::{
+    broker::{self, Endpoint, KAFKA_NODE_ID},
+    proxy::InProcess,
+    raw::RawClient,
+};
 use kafka_protocol::{
     ResponseError,
     messages::{
         ApiKey, ApiVersionsRequest, ApiVersionsResponse, DescribeClusterRequest,
-        DescribeClusterResponse, FindCoordinatorRequest, FindCoordinatorResponse, MetadataRequest,
-        MetadataResponse, ProduceRequest,
+        DescribeClusterResponse, DescribeConfigsRequest, DescribeConfigsResponse,
+        FindCoordinatorRequest, FindCoordinatorResponse, MetadataRequest, MetadataResponse,
+        ProduceRequest, describe_configs_request::DescribeConfigsResource,
     },
     protocol::{Decodable, StrBytes},
 };
@@ -33,8 +38,7 @@ async fn advertised(client: &mut RawClient, key: ApiKey) -> anyhow::Result<Optio
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metadata_coordinator_and_cluster_responses_carry_only_proxy_addresses()
 -> anyhow::Result<()> {
-    let broker = Broker::start().await?;
-    let proxy = InProcess::start(&broker.bootstrap(), |c| {
+    let proxy = InProcess::start(&broker::shared().endpoint(), |c| {
         c.advertised_host = "localhost".into()
     })
     .await?;
@@ -61,7 +65,15 @@ async fn metadata_coordinator_and_cluster_responses_carry_only_proxy_addresses()
 
     let mut old = FindCoordinatorRequest::default();
     old.key = StrBytes::from_static_str("group-a");
-    let r: FindCoordinatorResponse = client.call(ApiKey::FindCoordinator, 3, &old).await?;
+    // Kafka answers COORDINATOR_NOT_AVAILABLE until its offsets topic exists.
+    let mut r: FindCoordinatorResponse = client.call(ApiKey::FindCoordinator, 3, &old).await?;
+    for _ in 0..100 {
+        if r.error_code != ResponseError::CoordinatorNotAvailable.code() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        r = client.call(ApiKey::FindCoordinator, 3, &old).await?;
+    }
     assert_eq!(r.error_code, 0, "{r:?}");
     assert_eq!((&*r.host, r.port), ("localhost", proxy_port));
 
@@ -108,8 +120,7 @@ async fn metadata_coordinator_and_cluster_responses_carry_only_proxy_addresses()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_ports_open_at_startup_so_clients_with_cached_metadata_reconnect()
 -> anyhow::Result<()> {
-    let broker = Broker::start().await?;
-    let proxy = InProcess::start(&broker.bootstrap(), |_| {}).await?;
+    let proxy = InProcess::start(&broker::shared().endpoint(), |_| {}).await?;
     // No client has fetched metadata through this proxy instance.
     let broker_port = format!("127.0.0.1:{}", proxy.broker_port()?).parse()?;
     integration_tests::stack::wait_for_port(broker_port, std::time::Duration::from_secs(20))
@@ -125,29 +136,36 @@ async fn broker_ports_open_at_startup_so_clients_with_cached_metadata_reconnect(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_versions_are_narrowed_and_too_new_requests_get_unsupported_version()
 -> anyhow::Result<()> {
-    let broker = Broker::start().await?;
-    let direct: ApiVersionsResponse = RawClient::connect(broker.addr)
+    let kafka = broker::shared();
+    let direct: ApiVersionsResponse = RawClient::connect(kafka.listeners.plaintext)
         .await?
         .call(ApiKey::ApiVersions, 3, &api_versions_request())
         .await?;
-    let proxy = InProcess::start(&broker.bootstrap(), |_| {}).await?;
+    let proxy = InProcess::start(&kafka.endpoint(), |_| {}).await?;
     let mut client = RawClient::connect(proxy.addr).await?;
     let proxied: ApiVersionsResponse = client
         .call(ApiKey::ApiVersions, 3, &api_versions_request())
         .await?;
     for entry in &proxied.api_keys {
-        let key = ApiKey::try_from(entry.api_key).expect("Tansu only speaks known keys");
+        let theirs = direct
+            .api_keys
+            .iter()
+            .find(|d| d.api_key == entry.api_key)
+            .expect("broker has it");
+        let Ok(key) = ApiKey::try_from(entry.api_key) else {
+            // A key this build does not know is passed through as the broker sent it.
+            assert_eq!(
+                (entry.min_version, entry.max_version),
+                (theirs.min_version, theirs.max_version)
+            );
+            continue;
+        };
         let ours =
             wire_guard::versions::supported(key).expect("only supported keys are advertised");
         assert!(
             entry.min_version >= ours.min && entry.max_version <= ours.max,
             "{key:?} {entry:?}"
         );
-        let theirs = direct
-            .api_keys
-            .iter()
-            .find(|d| d.api_key == entry.api_key)
-            .expect("broker has it");
         assert!(entry.min_version >= theirs.min_version && entry.max_version <= theirs.max_version);
     }
     if let Some(p) = proxied
@@ -201,8 +219,7 @@ async fn api_versions_are_narrowed_and_too_new_requests_get_unsupported_version(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order_and_acks0_produce_gets_no_response()
 -> anyhow::Result<()> {
-    let broker = Broker::start().await?;
-    let proxy = InProcess::start(&broker.bootstrap(), |_| {}).await?;
+    let proxy = InProcess::start(&broker::shared().endpoint(), |_| {}).await?;
     let mut client = RawClient::connect(proxy.addr).await?;
     let mut fire_and_forget = ProduceRequest::default();
     fire_and_forget.acks = 0;
@@ -251,13 +268,17 @@ async fn held_upstream() -> anyhow::Result<(
     let (got_tx, got_rx) = tokio::sync::oneshot::channel();
     let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        // Other connections (the proxy's startup discovery) are closed unanswered.
+        // Other connections (the proxy's startup discovery, its readiness probe) are closed
+        // unanswered.
         let (mut s, req) = loop {
             let (mut s, _) = listener.accept().await?;
-            let len = s.read_i32().await?;
-            let mut req = vec![0u8; len as usize];
-            s.read_exact(&mut req).await?;
-            if req[..2] == (ApiKey::Heartbeat as i16).to_be_bytes() {
+            let Ok(len) = s.read_i32().await else {
+                continue;
+            };
+            let mut req = vec![0u8; len.clamp(0, 1 << 20) as usize];
+            if s.read_exact(&mut req).await.is_ok()
+                && req.get(..2) == Some(&(ApiKey::Heartbeat as i16).to_be_bytes()[..])
+            {
                 break (s, req);
             }
         };
@@ -277,7 +298,11 @@ async fn held_upstream() -> anyhow::Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_answers_in_flight_requests_then_stops_accepting() -> anyhow::Result<()> {
     let (upstream, request_seen, release) = held_upstream().await?;
-    let proxy = InProcess::start(&upstream.to_string(), |_| {}).await?;
+    let upstream = Endpoint {
+        bootstrap: upstream.to_string(),
+        node_id: KAFKA_NODE_ID,
+    };
+    let proxy = InProcess::start(&upstream, |_| {}).await?;
     let addr = proxy.addr;
     let mut client = RawClient::connect(addr).await?;
     let heartbeat = kafka_protocol::messages::HeartbeatRequest::default();
@@ -305,8 +330,7 @@ async fn shutdown_answers_in_flight_requests_then_stops_accepting() -> anyhow::R
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_connections_requests_bytes_and_latency() -> anyhow::Result<()> {
-    let broker = Broker::start().await?;
-    let proxy = InProcess::start(&broker.bootstrap(), |_| {}).await?;
+    let proxy = InProcess::start(&broker::shared().endpoint(), |_| {}).await?;
     let mut client = RawClient::connect(proxy.addr).await?;
     let _: MetadataResponse = client
         .call(ApiKey::Metadata, 4, &MetadataRequest::default())
@@ -323,5 +347,41 @@ async fn metrics_count_connections_requests_bytes_and_latency() -> anyhow::Resul
     }
     let ready = reqwest::get(format!("http://{}/readyz", proxy.admin)).await?;
     assert_eq!(ready.status(), 200);
+    proxy.stop().await
+}
+
+/// Kafka's own answer names its listeners inside configuration values; through the proxy those
+/// values are withheld, while every other value arrives as the broker sent it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_configs_do_not_reveal_listener_addresses() -> anyhow::Result<()> {
+    let kafka = broker::shared();
+    let proxy = InProcess::start(&kafka.endpoint(), |_| {}).await?;
+    let mut client = RawClient::connect(proxy.addr).await?;
+    let version = advertised(&mut client, ApiKey::DescribeConfigs)
+        .await?
+        .expect("DescribeConfigs advertised")
+        .1
+        .min(4);
+    let mut resource = DescribeConfigsResource::default();
+    resource.resource_type = 4; // BROKER
+    resource.resource_name = StrBytes::from_string(KAFKA_NODE_ID.to_string());
+    resource.configuration_keys = None;
+    let mut request = DescribeConfigsRequest::default();
+    request.resources.push(resource);
+    let r: DescribeConfigsResponse = client
+        .call(ApiKey::DescribeConfigs, version, &request)
+        .await?;
+    let configs = &r.results[0].configs;
+    let find = |name: &str| configs.iter().find(|c| &*c.name == name);
+    let advertised_listeners = find("advertised.listeners").expect("broker config listed");
+    assert_eq!(advertised_listeners.value, None);
+    assert!(advertised_listeners.is_sensitive);
+    let text = format!("{r:?}");
+    assert!(
+        !text.contains(&kafka.listeners.plaintext.port().to_string()),
+        "a broker port leaked: {text}"
+    );
+    let retention = find("log.retention.hours").expect("ordinary config listed");
+    assert!(retention.value.is_some());
     proxy.stop().await
 }

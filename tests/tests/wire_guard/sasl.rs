@@ -1,13 +1,9 @@
-//! SASL through the proxy to a broker that requires it, and TLS towards the upstream.
+//! SASL through the proxy to Kafka's own SASL listeners, and TLS towards the upstream.
 
 use integration_tests::{
-    broker::{Broker, Front},
-    certs,
+    broker, client,
     proxy::{InProcess, Process},
-    python,
 };
-
-const USERS: &[&str] = &["alice:alice-secret", "bob:bob-secret", "carol:carol-secret"];
 
 fn sasl_args<'a>(mechanism: &'a str, user: &'a str, password: &'a str) -> [&'a str; 8] {
     [
@@ -24,22 +20,20 @@ fn sasl_args<'a>(mechanism: &'a str, user: &'a str, password: &'a str) -> [&'a s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sasl_passes_through_and_the_proxy_logs_each_principal() -> anyhow::Result<()> {
-    let broker = Broker::start_behind_front(Front {
-        users: USERS,
-        tls: None,
-    })
-    .await?;
+    let kafka = broker::shared();
     let logs = tempfile::tempdir()?;
-    let proxy = Process::start(&broker.bootstrap(), &[], logs.path()).await?;
+    let upstream = kafka.endpoint_of(kafka.listeners.sasl_plaintext);
+    let proxy = Process::start(&upstream, &[], logs.path()).await?;
 
     for (client, mechanism, user) in [
         ("confluent", "SCRAM-SHA-256", "alice"),
         ("kafka-python", "PLAIN", "bob"),
         ("aiokafka", "SCRAM-SHA-512", "carol"),
+        ("java", "SCRAM-SHA-512", "bob"),
     ] {
         let password = format!("{user}-secret");
         let args = sasl_args(mechanism, user, &password);
-        let result = python::scenario(client, &proxy.bootstrap(), "roundtrip", &args).await?;
+        let result = client::scenario(client, &proxy.bootstrap(), "roundtrip", &args).await?;
         assert_eq!(result["ok"], true, "{client}: {result}");
         let principal = format!("\"principal\":\"User:{user}\"");
         let line = proxy
@@ -59,7 +53,7 @@ async fn sasl_passes_through_and_the_proxy_logs_each_principal() -> anyhow::Resu
     let before = alice_logins()?;
     let mut args = sasl_args("SCRAM-SHA-256", "alice", "wrong").to_vec();
     args.extend(["--timeout", "15"]);
-    let refused = python::scenario("confluent", &proxy.bootstrap(), "roundtrip", &args).await;
+    let refused = client::scenario("confluent", &proxy.bootstrap(), "roundtrip", &args).await;
     assert!(refused.is_err(), "a wrong password was accepted");
     assert_eq!(
         alice_logins()?,
@@ -71,14 +65,10 @@ async fn sasl_passes_through_and_the_proxy_logs_each_principal() -> anyhow::Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_on_both_sides_with_sasl_ssl_clients() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let certs = certs::write(dir.path())?;
-    let broker = Broker::start_behind_front(Front {
-        users: USERS,
-        tls: Some((&certs.cert, &certs.key)),
-    })
-    .await?;
-    let proxy = InProcess::start(&broker.bootstrap(), |c| {
+    let kafka = broker::shared();
+    let certs = &kafka.certs;
+    let upstream = kafka.endpoint_of(kafka.listeners.sasl_ssl);
+    let proxy = InProcess::start(&upstream, |c| {
         c.client_tls = Some(wire_guard::config::ClientTls {
             cert: certs.cert.clone(),
             key: certs.key.clone(),
@@ -95,12 +85,13 @@ async fn tls_on_both_sides_with_sasl_ssl_clients() -> anyhow::Result<()> {
         ("confluent", "SCRAM-SHA-512", "alice"),
         ("kafka-python", "SCRAM-SHA-256", "bob"),
         ("aiokafka", "PLAIN", "carol"),
+        ("java", "SCRAM-SHA-256", "alice"),
     ] {
         let password = format!("{user}-secret");
         let mut args = sasl_args(mechanism, user, &password).to_vec();
         args[1] = "SASL_SSL";
         args.extend(["--ca-file", ca]);
-        let result = python::scenario(client, &proxy.bootstrap(), "roundtrip", &args).await?;
+        let result = client::scenario(client, &proxy.bootstrap(), "roundtrip", &args).await?;
         assert_eq!(result["ok"], true, "{client}: {result}");
     }
     proxy.stop().await

@@ -1,18 +1,15 @@
 //! TLS between clients and the proxy, with each client library.
 
 use integration_tests::{
-    broker::Broker,
-    certs,
+    broker, certs, client,
     proxy::{InProcess, Process},
-    python,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_produce_and_consume_over_tls_to_the_proxy() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let certs = certs::write(dir.path())?;
-    let broker = Broker::start().await?;
-    let proxy = InProcess::start(&broker.bootstrap(), |c| {
+    let proxy = InProcess::start(&broker::shared().endpoint(), |c| {
         c.client_tls = Some(wire_guard::config::ClientTls {
             cert: certs.cert.clone(),
             key: certs.key.clone(),
@@ -21,8 +18,8 @@ async fn clients_produce_and_consume_over_tls_to_the_proxy() -> anyhow::Result<(
     })
     .await?;
     let ca = certs.ca.to_str().expect("utf-8 path");
-    for client in python::CLIENTS {
-        let result = python::scenario(
+    for client in client::ALL_CLIENTS {
+        let result = client::scenario(
             client,
             &proxy.bootstrap(),
             "roundtrip",
@@ -33,7 +30,7 @@ async fn clients_produce_and_consume_over_tls_to_the_proxy() -> anyhow::Result<(
     }
 
     // A plaintext client is refused rather than served.
-    let plaintext = python::scenario(
+    let plaintext = client::scenario(
         "kafka-python",
         &proxy.bootstrap(),
         "roundtrip",
@@ -52,11 +49,10 @@ async fn mutual_tls_requires_a_client_certificate_and_names_its_subject() -> any
     let dir = tempfile::tempdir()?;
     let certs = certs::write(dir.path())?;
     let path = |p: &std::path::Path| p.to_str().expect("utf-8 path").to_owned();
-    let broker = Broker::start().await?;
     let logs = tempfile::tempdir()?;
     let (cert, key, ca) = (path(&certs.cert), path(&certs.key), path(&certs.ca));
     let proxy = Process::start(
-        &broker.bootstrap(),
+        &broker::shared().endpoint(),
         &[
             "--tls-cert",
             &cert,
@@ -79,8 +75,8 @@ async fn mutual_tls_requires_a_client_certificate_and_names_its_subject() -> any
         "--key-file",
         &client_key,
     ];
-    for client in python::CLIENTS {
-        let result = python::scenario(client, &proxy.bootstrap(), "roundtrip", &with_cert).await?;
+    for client in client::ALL_CLIENTS {
+        let result = client::scenario(client, &proxy.bootstrap(), "roundtrip", &with_cert).await?;
         assert_eq!(result["ok"], true, "{client}: {result}");
     }
     let line = proxy
@@ -104,7 +100,7 @@ async fn mutual_tls_requires_a_client_certificate_and_names_its_subject() -> any
         "10",
     ];
     let refused =
-        python::scenario("confluent", &proxy.bootstrap(), "roundtrip", &without_cert).await;
+        client::scenario("confluent", &proxy.bootstrap(), "roundtrip", &without_cert).await;
     assert!(
         refused.is_err(),
         "a client without a certificate was served"
