@@ -8,12 +8,23 @@ token, then drives wrk against both endpoints, direct and proxied:
 - POST /subjects/{subject}    (look a schema up; always forwarded)
 
 Each pair runs twice: loaded (many connections; requests per second and latency under load)
-and unloaded (one connection; the latency the proxy adds). Results go to
-bench/results/registry-proxy.{md,json}. Measures and reports; asserts nothing.
+and unloaded (one connection; the latency the proxy adds).
+
+The token rows measure what authentication costs the proxy, in its own CPU time (from
+/proc/PID/stat) per request, over one keep-alive connection sending GET /schemas/ids/{id}
+(a cached read, so the token check dominates): the same token every time (a validated-token
+cache hit), a fresh token every time (each one minted by the provider beforehand: a signature
+verification per request), a fresh forged token every time (a valid token with its signature
+altered: the work anyone without credentials can make the proxy do), and one forged token
+replayed. The verification rate limit is lifted for these rows so every forged token is
+verified; with the default limit most of them are answered 429 before any signature work.
+
+Results go to bench/results/registry-proxy.{md,json}. Measures and reports; asserts nothing.
 """
 
 import argparse
 import base64
+import http.client
 import json
 import os
 import platform
@@ -102,6 +113,65 @@ def wrk(url, *, threads, connections, duration, token=None, lookup=None):
     return result
 
 
+def proxy_cpu_seconds(pid):
+    # utime and stime, fields 14 and 15 of /proc/PID/stat (after the parenthesised name).
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def mint_tokens(issuer, count):
+    basic = base64.b64encode(f"{CLIENT['id']}:{CLIENT['secret']}".encode()).decode()
+    conn = http.client.HTTPConnection(issuer.removeprefix("http://"), timeout=10)
+    tokens = []
+    for i in range(count):
+        # The provider sets no jti: a distinct scope is what makes each token new.
+        conn.request(
+            "POST",
+            "/token",
+            f"grant_type=client_credentials&scope=schema_registry%20bench-{i}",
+            {"Authorization": f"Basic {basic}", "Content-Type": "application/x-www-form-urlencoded"},
+        )
+        tokens.append(json.loads(conn.getresponse().read())["access_token"])
+    conn.close()
+    if len(set(tokens)) != count:
+        raise SystemExit("the provider minted the same token twice")
+    return tokens
+
+
+def forge(token, i):
+    # Same header and claims, a different (wrong) signature of the same length each time.
+    head, body, sig = token.split(".")
+    raw = bytearray(base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4)))
+    raw[:4] = i.to_bytes(4, "big")
+    raw[-1] ^= 0xFF
+    return f"{head}.{body}.{base64.urlsafe_b64encode(bytes(raw)).decode().rstrip('=')}"
+
+
+def token_run(proxy_addr, pid, path, tokens):
+    """Sends one request per token over one connection; proxy CPU µs and latency per request."""
+    conn = http.client.HTTPConnection(proxy_addr, timeout=10)
+    statuses = {}
+    latencies = []
+    cpu = proxy_cpu_seconds(pid)
+    for token in tokens:
+        started = time.perf_counter()
+        conn.request("GET", path, headers={"Authorization": f"Bearer {token}"})
+        response = conn.getresponse()
+        response.read()
+        latencies.append((time.perf_counter() - started) * 1e6)
+        statuses[response.status] = statuses.get(response.status, 0) + 1
+    cpu = proxy_cpu_seconds(pid) - cpu
+    conn.close()
+    latencies.sort()
+    return {
+        "requests": len(tokens),
+        "cpu_us_per_request": cpu * 1e6 / len(tokens),
+        "p50_us": latencies[len(latencies) // 2],
+        "p99_us": latencies[int(len(latencies) * 0.99)],
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+    }
+
+
 def machine():
     cpu = platform.processor() or platform.machine()
     try:
@@ -131,6 +201,13 @@ def main():
         default=[0, 1],
         help="comma-separated upstream delays to run with (0: the registry answers from memory)",
     )
+    parser.add_argument("--token-requests", type=int, default=2000, help="requests per token row")
+    parser.add_argument(
+        "--suites",
+        type=lambda v: set(v.split(",")),
+        default={"wrk", "tokens"},
+        help="comma-separated: wrk (the direct/proxied table), tokens (the token rows)",
+    )
     parser.add_argument("--out", default=str(ROOT / "bench/results"))
     args = parser.parse_args()
 
@@ -139,6 +216,7 @@ def main():
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
     procs = []
     results = []
+    token_results = []
     audit_lines = 0
     loads = {"loaded": (args.threads, args.connections), "unloaded": (1, 1)}
     try:
@@ -172,8 +250,7 @@ def main():
             )
             wait_http(f"{registry}/subjects")
             audit = work / f"audit-{delay}.log"
-            procs.append(
-                subprocess.Popen(
+            proxy_proc = subprocess.Popen(
                     [
                         args.registry_proxy,
                         "--upstream", registry,
@@ -184,10 +261,12 @@ def main():
                         "--oidc-audience", "registry-proxy",
                         "--audit", str(audit),
                     ],
-                    env={**os.environ, "RUST_LOG": "warn"},
+                    # Lifts the verification rate limit (0: none) for the token rows; releases
+                    # without the limit ignore the variable.
+                    env={**os.environ, "RUST_LOG": "warn", "REGISTRY_PROXY_OIDC_VERIFY_RATE_PER_IP": "0"},
                     **quiet,
                 )
-            )
+            procs.append(proxy_proc)
             wait_http(f"http://127.0.0.1:{admin_port}/readyz", ok=lambda s: s == 200)
 
             body = json.dumps({"schema": SCHEMA})
@@ -198,7 +277,30 @@ def main():
                 "GET /schemas/ids/{id}": (f"/schemas/ids/{schema_id}", None),
                 "POST /subjects/{s} (lookup)": (f"/subjects/{SUBJECT}", body),
             }
+            if "tokens" in args.suites and delay == args.registry_delay_ms[0]:
+                path = f"/schemas/ids/{schema_id}"
+                addr = f"127.0.0.1:{proxy_port}"
+                n = args.token_requests
+                fresh = mint_tokens(issuer, 2 * n)
+                token_run(addr, proxy_proc.pid, path, [token] * 200)  # warm-up: pools, caches
+                rows = {
+                    "same token (cache hit)": [token] * n,
+                    "fresh token per request": fresh[:n],
+                    "fresh forged token per request": [forge(t, i) for i, t in enumerate(fresh[n:])],
+                    "one forged token replayed": [forge(fresh[0], 0)] * n,
+                }
+                for name, tokens in rows.items():
+                    r = token_run(addr, proxy_proc.pid, path, tokens)
+                    r.update({"row": name, "delay_ms": delay})
+                    token_results.append(r)
+                    print(
+                        f"tokens {name:32} {r['cpu_us_per_request']:>8.0f} µs CPU/request  "
+                        f"p50 {fmt_us(r['p50_us']):>9}  statuses {r['statuses']}",
+                        flush=True,
+                    )
             for load, (threads, connections) in loads.items():
+                if "wrk" not in args.suites:
+                    break
                 for name, (path, lookup) in targets.items():
                     for route, base, tok in (("direct", registry, None), ("registry-proxy", proxy, token)):
                         # A short warm-up fills connection pools and the proxy's caches.
@@ -235,7 +337,9 @@ def main():
         "audit_records_written": audit_lines,
         "date": time.strftime("%Y-%m-%d"),
     }
-    (out / "registry-proxy.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
+    (out / "registry-proxy.json").write_text(
+        json.dumps({"meta": meta, "results": results, "tokens": token_results}, indent=2) + "\n"
+    )
 
     def row(delay, load, name):
         def pick(route):
@@ -251,21 +355,46 @@ def main():
             f"| {fmt_us(d['p50_us'])} | {fmt_us(p['p50_us'])} | {fmt_us(d['p99_us'])} | {fmt_us(p['p99_us'])} |"
         )
 
-    lines = [
-        "| registry | endpoint | load | direct rps | proxied rps | ratio | direct p50 | proxied p50 | direct p99 | proxied p99 |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    names = ["GET /schemas/ids/{id}", "POST /subjects/{s} (lookup)"]
-    lines += [row(delay, load, name) for delay in args.registry_delay_ms for load in loads for name in names]
-    lines += [
-        "",
-        f"Machine: {meta['machine']}. wrk {meta['wrk']}, {args.duration} s per run after a 2 s warm-up, "
-        f"{meta['date']}. Upstream: the development registry, answering from memory, and with "
-        f"`--delay-ms` standing in for a registry one network hop away (tokio's millisecond timer "
-        f"makes `--delay-ms 1` about 2 ms: see the direct p50). The proxy validated an RS256 "
-        f"token from oauth2-mock-server, evaluated policies/registry.yaml and wrote "
-        f"{audit_lines} audit records during the run. Command: `bench/run-registry-proxy`.",
-    ]
+    lines = []
+    if token_results:
+        warm = token_results[0]["cpu_us_per_request"]
+        lines += [
+            "| token per request | proxy CPU per request | above a cache hit | p50 | p99 | answers |",
+            "| --- | ---: | ---: | ---: | ---: | --- |",
+        ]
+        lines += [
+            f"| {r['row']} | {r['cpu_us_per_request']:.0f} µs | {round(r['cpu_us_per_request'] - warm):+d} µs "
+            f"| {fmt_us(r['p50_us'])} | {fmt_us(r['p99_us'])} | "
+            + ", ".join(f"{n}× {s}" for s, n in r["statuses"].items())
+            + " |"
+            for r in token_results
+        ]
+        lines += [
+            "",
+            f"GET /schemas/ids/{{id}} (cached) over one keep-alive connection, {args.token_requests} "
+            "requests per row, RS256 tokens from oauth2-mock-server; proxy CPU from "
+            "/proc/PID/stat. Verification rate limit lifted for these rows.",
+            "",
+        ]
+    if results:
+        lines += [
+            "| registry | endpoint | load | direct rps | proxied rps | ratio | direct p50 | proxied p50 | direct p99 | proxied p99 |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        names = ["GET /schemas/ids/{id}", "POST /subjects/{s} (lookup)"]
+        lines += [row(delay, load, name) for delay in args.registry_delay_ms for load in loads for name in names]
+    lines.append("")
+    if results:
+        lines.append(
+            f"Machine: {meta['machine']}. wrk {meta['wrk']}, {args.duration} s per run after a 2 s warm-up, "
+            f"{meta['date']}. Upstream: the development registry, answering from memory, and with "
+            f"`--delay-ms` standing in for a registry one network hop away (tokio's millisecond timer "
+            f"makes `--delay-ms 1` about 2 ms: see the direct p50). The proxy validated an RS256 "
+            f"token from oauth2-mock-server, evaluated policies/registry.yaml and wrote "
+            f"{audit_lines} audit records during the run. Command: `bench/run-registry-proxy`."
+        )
+    else:
+        lines.append(f"Machine: {meta['machine']}, {meta['date']}. Command: `bench/run-registry-proxy --suites tokens`.")
     (out / "registry-proxy.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

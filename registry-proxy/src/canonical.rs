@@ -16,6 +16,11 @@
 //! - a security-relevant query parameter given twice, or in a case variant (`Permanent`),
 //!   since servers disagree on which copy wins.
 //!
+//! An `access_token` query parameter (RFC 6750 §2.3, in any letter case or encoding) is
+//! dropped here: only the `Authorization` header carries credentials, and a token in a URL
+//! must not reach the audit log or the registry. [`redacted_target`] does the same for a
+//! target that could not be canonicalized, before it is recorded.
+//!
 //! `+` in a path is a literal plus and is sent as `%2B`, because
 //! Karapace reads a raw `+` as a space; in a query, `+` means space (form encoding) and is sent
 //! as `%20`. `:.:name` (the default context, named explicitly) is sent as `name`, which every
@@ -149,6 +154,9 @@ impl CanonicalRequest {
             }
             for piece in q.split('&').filter(|p| !p.is_empty()) {
                 let (k, v) = piece.split_once('=').unwrap_or((piece, ""));
+                if is_access_token(k) {
+                    continue;
+                }
                 let key = decode(&k.replace('+', " "), "query parameter name")?;
                 let value = decode(&v.replace('+', " "), "query parameter value")?;
                 pairs.push((key, value));
@@ -228,6 +236,34 @@ impl CanonicalRequest {
     }
 }
 
+/// Whether a raw query parameter name is `access_token`, however it is cased or encoded.
+/// Decoded leniently: a malformed escape in the name must not keep a token from being found.
+fn is_access_token(raw_name: &str) -> bool {
+    percent_decode_str(&raw_name.replace('+', " "))
+        .decode_utf8_lossy()
+        .eq_ignore_ascii_case("access_token")
+}
+
+/// `target` (path and optional query, as received) with the value of every `access_token`
+/// parameter replaced, for recording a target that could not be canonicalized.
+pub fn redacted_target(target: &str) -> String {
+    let Some((path, query)) = target.split_once('?') else {
+        return target.to_owned();
+    };
+    let pieces: Vec<&str> = query
+        .split('&')
+        .map(|piece| {
+            let name = piece.split_once('=').map_or(piece, |(k, _)| k);
+            if is_access_token(name) {
+                "access_token=REDACTED"
+            } else {
+                piece
+            }
+        })
+        .collect();
+    format!("{path}?{}", pieces.join("&"))
+}
+
 /// The spellings registries actually use for the security-relevant parameters.
 fn is_known_spelling(key: &str) -> bool {
     matches!(
@@ -249,6 +285,24 @@ fn is_known_spelling(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn access_tokens_in_the_query_are_dropped() {
+        for query in [
+            "access_token=eyJ.x.y&normalize=true",
+            "normalize=true&ACCESS_TOKEN=eyJ.x.y",
+            "access%5Ftoken=eyJ.x.y&normalize=true",
+            "access_token=%zz&normalize=true",
+        ] {
+            let c = CanonicalRequest::parse("/subjects/s", Some(query)).unwrap();
+            assert_eq!(c.path_and_query(), "/subjects/s?normalize=true", "{query}");
+        }
+        assert_eq!(
+            redacted_target("/a%zz?x=1&Access_Token=eyJ.x.y&access%5ftoken=z"),
+            "/a%zz?x=1&access_token=REDACTED&access_token=REDACTED"
+        );
+        assert_eq!(redacted_target("/subjects"), "/subjects");
+    }
 
     fn ok(path: &str, query: Option<&str>) -> CanonicalRequest {
         CanonicalRequest::parse(path, query).unwrap_or_else(|e| panic!("{path}: {e}"))

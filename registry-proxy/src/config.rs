@@ -8,7 +8,11 @@ use std::{net::SocketAddr, path::PathBuf};
 use clap::Parser;
 use serde::Deserialize;
 
-use crate::{audit::AuditSink, endpoints::Flavor, error::Error};
+use crate::{
+    audit::{AuditSink, OnAuditFailure},
+    endpoints::Flavor,
+    error::Error,
+};
 
 /// OIDC-authenticated, per-subject-authorized, audited proxy for schema registries
 /// (Confluent, Karapace, Apicurio). Clients change only `schema.registry.url`.
@@ -54,6 +58,49 @@ pub struct Cli {
     /// Audit sink: `stdout` or a file path (appended).
     #[arg(long, env = "REGISTRY_PROXY_AUDIT")]
     pub audit: Option<AuditSink>,
+    /// When audit records cannot be written: `refuse` requests (503) or `serve` them anyway.
+    #[arg(long, env = "REGISTRY_PROXY_AUDIT_ON_FAILURE", value_enum)]
+    pub audit_on_failure: Option<OnAuditFailure>,
+    /// Audit records queued or reserved by requests in flight, at most.
+    #[arg(long, env = "REGISTRY_PROXY_AUDIT_QUEUE_RECORDS")]
+    pub audit_queue_records: Option<usize>,
+    /// Open client connections, at most; more are closed at once.
+    #[arg(long, env = "REGISTRY_PROXY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Open connections from one client IP address, at most.
+    #[arg(long, env = "REGISTRY_PROXY_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Time allowed for a request head, from its first byte, milliseconds.
+    #[arg(long, env = "REGISTRY_PROXY_HEADER_READ_TIMEOUT_MS")]
+    pub header_read_timeout_ms: Option<u64>,
+    /// Time a connection may stay idle between requests, milliseconds.
+    #[arg(long, env = "REGISTRY_PROXY_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Time allowed for a request body, milliseconds.
+    #[arg(long, env = "REGISTRY_PROXY_BODY_READ_TIMEOUT_MS")]
+    pub body_read_timeout_ms: Option<u64>,
+    /// Request line plus headers, bytes (8192 to 65534).
+    #[arg(long, env = "REGISTRY_PROXY_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Request target (path and query), bytes.
+    #[arg(long, env = "REGISTRY_PROXY_MAX_URI_BYTES")]
+    pub max_uri_bytes: Option<usize>,
+    /// Request body, bytes.
+    #[arg(long, env = "REGISTRY_PROXY_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Upstream response body, bytes; larger answers become 502.
+    #[arg(long, env = "REGISTRY_PROXY_MAX_UPSTREAM_BODY_BYTES")]
+    pub max_upstream_body_bytes: Option<usize>,
+    /// Longest accepted token lifetime (`exp` - `iat`), seconds.
+    #[arg(long, env = "REGISTRY_PROXY_OIDC_MAX_TOKEN_LIFETIME_SECS")]
+    pub oidc_max_token_lifetime_secs: Option<u64>,
+    /// Signature verifications per second per client IP for tokens not already validated
+    /// (0: unlimited).
+    #[arg(long, env = "REGISTRY_PROXY_OIDC_VERIFY_RATE_PER_IP")]
+    pub oidc_verify_rate_per_ip: Option<u32>,
+    /// Verifications one client IP may make in a burst above the rate.
+    #[arg(long, env = "REGISTRY_PROXY_OIDC_VERIFY_BURST")]
+    pub oidc_verify_burst: Option<u32>,
     /// `audit`: log decisions but let denied requests through (for rolling out a policy).
     #[arg(long, env = "REGISTRY_PROXY_MODE", value_enum)]
     pub mode: Option<Mode>,
@@ -107,6 +154,17 @@ pub struct OidcConfig {
     pub jwks_min_refetch_ms: u64,
     /// How long a validated token is remembered, seconds (0 disables).
     pub token_cache_secs: u64,
+    /// How long a token that failed validation is remembered as failed, seconds (0
+    /// disables), so replaying a forged token costs no second signature check.
+    pub failed_token_cache_secs: u64,
+    /// Longest accepted `exp - iat` (from now when there is no `iat`), seconds: a leaked
+    /// long-lived token is refused even while it is unexpired.
+    pub max_token_lifetime_secs: u64,
+    /// Signature verifications per second per client IP for tokens in neither cache; more
+    /// are answered 429. 0 disables the limit.
+    pub verify_rate_per_ip: u32,
+    /// Verifications one client IP may make at once above the rate.
+    pub verify_burst: u32,
 }
 
 impl Default for OidcConfig {
@@ -122,6 +180,10 @@ impl Default for OidcConfig {
             jwks_refresh_secs: 300,
             jwks_min_refetch_ms: 10_000,
             token_cache_secs: 60,
+            failed_token_cache_secs: 10,
+            max_token_lifetime_secs: 86_400,
+            verify_rate_per_ip: 20,
+            verify_burst: 40,
         }
     }
 }
@@ -140,12 +202,34 @@ pub struct Config {
     pub upstream_auth: UpstreamAuth,
     pub upstream_timeout_ms: u64,
     pub audit: AuditSink,
+    /// What happens to requests while records cannot be written.
+    pub audit_on_failure: OnAuditFailure,
+    /// Bound on records queued for the writer plus records reserved by requests in flight:
+    /// the memory a stalled sink can hold.
+    pub audit_queue_records: usize,
     pub mode: Mode,
     /// Bound on the schema-by-id response cache.
     pub cache_max_entries: usize,
     /// How long "which subjects use id N" is trusted, seconds.
     pub id_subjects_ttl_secs: u64,
+    /// Open client connections; more are closed on accept.
+    pub max_connections: usize,
+    /// Open connections per client IP, so one client cannot take every slot.
+    pub max_connections_per_ip: usize,
+    /// A request head must be complete this long after its first byte (slow-header clients).
+    pub header_read_timeout_ms: u64,
+    /// A connection with no request in progress is closed after this long.
+    pub idle_timeout_ms: u64,
+    /// A request body must arrive within this long (slow-body clients); 408 otherwise.
+    pub body_read_timeout_ms: u64,
+    /// Request line plus headers; more is answered 431 by the HTTP layer. Also hyper's read
+    /// buffer, so it bounds what a connection buffers before a request is parsed.
+    pub max_header_bytes: usize,
+    /// Path plus query; longer targets are answered 414.
+    pub max_uri_bytes: usize,
     pub max_body_bytes: usize,
+    /// Upstream response bodies are read up to this size, then answered 502.
+    pub max_upstream_body_bytes: usize,
 }
 
 impl Default for Config {
@@ -161,10 +245,20 @@ impl Default for Config {
             upstream_auth: UpstreamAuth::default(),
             upstream_timeout_ms: 30_000,
             audit: AuditSink::Stdout,
+            audit_on_failure: OnAuditFailure::Refuse,
+            audit_queue_records: 4096,
             mode: Mode::Enforce,
             cache_max_entries: 10_000,
             id_subjects_ttl_secs: 30,
+            max_connections: 1024,
+            max_connections_per_ip: 128,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            body_read_timeout_ms: 30_000,
+            max_header_bytes: 32 * 1024,
+            max_uri_bytes: 8 * 1024,
             max_body_bytes: 16 * 1024 * 1024,
+            max_upstream_body_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -203,7 +297,24 @@ impl Config {
         config.upstream_auth.password = cli.upstream_password.or(config.upstream_auth.password);
         config.upstream_auth.token = cli.upstream_token.or(config.upstream_auth.token);
         set!(config.audit, cli.audit);
+        set!(config.audit_on_failure, cli.audit_on_failure);
+        set!(config.audit_queue_records, cli.audit_queue_records);
         set!(config.mode, cli.mode);
+        set!(config.max_connections, cli.max_connections);
+        set!(config.max_connections_per_ip, cli.max_connections_per_ip);
+        set!(config.header_read_timeout_ms, cli.header_read_timeout_ms);
+        set!(config.idle_timeout_ms, cli.idle_timeout_ms);
+        set!(config.body_read_timeout_ms, cli.body_read_timeout_ms);
+        set!(config.max_header_bytes, cli.max_header_bytes);
+        set!(config.max_uri_bytes, cli.max_uri_bytes);
+        set!(config.max_body_bytes, cli.max_body_bytes);
+        set!(config.max_upstream_body_bytes, cli.max_upstream_body_bytes);
+        set!(
+            config.oidc.max_token_lifetime_secs,
+            cli.oidc_max_token_lifetime_secs
+        );
+        set!(config.oidc.verify_rate_per_ip, cli.oidc_verify_rate_per_ip);
+        set!(config.oidc.verify_burst, cli.oidc_verify_burst);
         config.validate()?;
         Ok(config)
     }
@@ -250,8 +361,42 @@ impl Config {
         if self.cache_max_entries == 0 {
             errors.push("cache_max_entries: must be positive".to_owned());
         }
-        if self.max_body_bytes == 0 {
-            errors.push("max_body_bytes: must be positive".to_owned());
+        if self.oidc.max_token_lifetime_secs == 0 {
+            errors.push("oidc.max_token_lifetime_secs: must be positive".to_owned());
+        }
+        if self.oidc.verify_rate_per_ip > 0 && self.oidc.verify_burst == 0 {
+            errors.push(
+                "oidc.verify_burst: must be positive while verify_rate_per_ip limits".to_owned(),
+            );
+        }
+        for (name, value) in [
+            ("audit_queue_records", self.audit_queue_records),
+            ("max_connections", self.max_connections),
+            ("max_connections_per_ip", self.max_connections_per_ip),
+            ("max_uri_bytes", self.max_uri_bytes),
+            ("max_body_bytes", self.max_body_bytes),
+            ("max_upstream_body_bytes", self.max_upstream_body_bytes),
+        ] {
+            if value == 0 {
+                errors.push(format!("{name}: must be positive"));
+            }
+        }
+        for (name, value) in [
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("body_read_timeout_ms", self.body_read_timeout_ms),
+        ] {
+            if value == 0 {
+                errors.push(format!("{name}: must be positive"));
+            }
+        }
+        // hyper's read buffer has a floor of 8192 bytes; above 65534 hyper would answer a long
+        // request target 414 instead of 431, and nothing legitimate needs that much.
+        if !(8192..=65_534).contains(&self.max_header_bytes) {
+            errors.push("max_header_bytes: between 8192 and 65534".to_owned());
+        }
+        if self.max_uri_bytes >= self.max_header_bytes {
+            errors.push("max_uri_bytes: must be below max_header_bytes".to_owned());
         }
         if errors.is_empty() {
             Ok(())
@@ -279,6 +424,50 @@ mod tests {
             panic!("validated")
         };
         assert_eq!(errors.len(), 5, "{errors:#?}");
+    }
+
+    #[test]
+    fn limits_come_from_flags_and_are_checked() {
+        let cli = Cli::try_parse_from([
+            "registry-proxy",
+            "--upstream=http://registry:8081",
+            "--oidc-issuer=https://idp",
+            "--oidc-audience=registry-proxy",
+            "--max-connections=7",
+            "--max-header-bytes=4096",
+            "--oidc-verify-rate-per-ip=0",
+            "--audit-on-failure=serve",
+        ])
+        .unwrap();
+        let Err(Error::Config(errors)) = Config::from_cli(cli) else {
+            panic!("a 4096-byte header limit is below hyper's floor")
+        };
+        assert_eq!(
+            errors,
+            [
+                "max_header_bytes: between 8192 and 65534",
+                "max_uri_bytes: must be below max_header_bytes"
+            ]
+        );
+        let cli = Cli::try_parse_from([
+            "registry-proxy",
+            "--upstream=http://registry:8081",
+            "--oidc-issuer=https://idp",
+            "--oidc-audience=registry-proxy",
+            "--max-connections=7",
+            "--oidc-verify-rate-per-ip=0",
+            "--audit-on-failure=serve",
+        ])
+        .unwrap();
+        let config = Config::from_cli(cli).unwrap();
+        assert_eq!(config.max_connections, 7);
+        assert_eq!(config.oidc.verify_rate_per_ip, 0, "0 lifts the limit");
+        assert_eq!(config.audit_on_failure, OnAuditFailure::Serve);
+        assert_eq!(
+            (config.max_header_bytes, config.idle_timeout_ms),
+            (32 * 1024, 60_000),
+            "defaults"
+        );
     }
 
     #[test]

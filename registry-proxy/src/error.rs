@@ -31,6 +31,22 @@ pub enum Error {
     /// Client: the body exceeds the configured limit.
     #[error("request body over {0} bytes")]
     BodyTooLarge(usize),
+    /// Client: the body did not arrive within the configured time.
+    #[error("request body not received within {0} ms")]
+    BodyTimeout(u64),
+    /// Client: the request target (path and query) exceeds the configured limit.
+    #[error("request target over {0} bytes")]
+    UriTooLong(usize),
+    /// Client: too many tokens from this address needed a signature check. The detail is
+    /// for the audit log.
+    #[error("token verification rate limit: {0}")]
+    RateLimited(String),
+    /// Internal: audit records cannot be written, and the proxy fails closed.
+    #[error("{0}; request refused")]
+    AuditUnavailable(#[from] crate::audit::AuditUnavailable),
+    /// Upstream: the registry's answer is larger than the configured limit.
+    #[error("upstream response over {0} bytes")]
+    UpstreamTooLarge(usize),
     /// Upstream: the registry could not be reached or answered something unusable.
     #[error("upstream: {0}")]
     Upstream(String),
@@ -57,7 +73,12 @@ impl Error {
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, 40301),
             Self::UnknownEndpoint(_) => (StatusCode::FORBIDDEN, 40302),
             Self::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 41301),
+            Self::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, 40801),
+            Self::UriTooLong(_) => (StatusCode::URI_TOO_LONG, 41401),
+            Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, 42901),
+            Self::AuditUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, 50301),
             Self::Upstream(_) | Self::Oidc(_) => (StatusCode::BAD_GATEWAY, 50201),
+            Self::UpstreamTooLarge(_) => (StatusCode::BAD_GATEWAY, 50202),
             Self::Config(_) | Self::Io(_) | Self::Shared(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, 50001)
             }
@@ -74,7 +95,17 @@ impl Error {
                 "Forbidden: this endpoint is not permitted through registry-proxy".into()
             }
             Self::BodyTooLarge(limit) => format!("Request body larger than {limit} bytes"),
+            Self::BodyTimeout(_) => "Request body not received in time".into(),
+            Self::UriTooLong(limit) => format!("Request target longer than {limit} bytes"),
+            Self::RateLimited(_) => {
+                "Too many new tokens from this client: retry with a token already in use, or later"
+                    .into()
+            }
+            Self::AuditUnavailable(_) => {
+                "Service unavailable: the audit log cannot be written".into()
+            }
             Self::Upstream(_) => "Schema registry unavailable".into(),
+            Self::UpstreamTooLarge(_) => "Schema registry answer too large".into(),
             Self::Oidc(_) => "Identity provider unavailable".into(),
             Self::Config(_) | Self::Io(_) | Self::Shared(_) => "Internal error".into(),
         }
@@ -83,8 +114,12 @@ impl Error {
     /// A short word for metrics and audit records.
     pub fn decision(&self) -> &'static str {
         match self {
-            Self::BadRequest(_) | Self::BodyTooLarge(_) => "refused",
+            Self::BadRequest(_)
+            | Self::BodyTooLarge(_)
+            | Self::BodyTimeout(_)
+            | Self::UriTooLong(_) => "refused",
             Self::Unauthenticated(_) => "unauthenticated",
+            Self::RateLimited(_) => "rate_limited",
             Self::Forbidden(_) | Self::UnknownEndpoint(_) => "deny",
             _ => "error",
         }
@@ -110,6 +145,14 @@ pub fn confluent_error(status: StatusCode, code: u32, message: &str) -> Response
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let (status, code) = self.status();
-        confluent_error(status, code, &self.public_message())
+        let mut response = confluent_error(status, code, &self.public_message());
+        if matches!(self, Self::RateLimited(_) | Self::AuditUnavailable(_)) {
+            // The limiter refills, and a failing audit sink is retried, within about a second.
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }

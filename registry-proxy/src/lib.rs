@@ -3,17 +3,22 @@
 //!
 //! How a request flows, and where each step lives:
 //!
-//! 1. [`proxy`]: the pipeline; writes exactly one [`audit`] record per request.
+//! 0. [`server`]: accepts connections within the global and per-address caps, times out idle
+//!    connections and slow request heads, and audits what the HTTP layer refuses.
+//! 1. [`proxy`]: the pipeline; writes exactly one [`audit`] record per request, and refuses
+//!    (503) when records cannot be written ([`health`] then reports not ready).
 //! 2. [`canonical`]: decodes the path and query exactly once and refuses anything two parsers
 //!    could read differently.
-//! 3. [`auth`]: validates the bearer token against the issuer's JWKS ([`auth::jwks`]) and
-//!    builds the `shared::principal::Principal`.
+//! 3. [`auth`]: validates the bearer token against the issuer's JWKS ([`auth::jwks`]),
+//!    remembering validated and refused tokens and rate-limiting signature checks per
+//!    client ([`auth::limit`]), and builds the `shared::principal::Principal`.
 //! 4. [`endpoints`]: the endpoint map: method + canonical path -> operation class and
 //!    canonical, context-qualified subjects. Unknown endpoints are denied.
 //! 5. [`authz`]: evaluates the policy (`shared::policy`, reloaded from `policies/`), including
 //!    grants implied by the body (schema references, config `alias`) and reads by schema id.
 //! 6. [`cache`]: schema-by-id responses and id -> subjects lookups.
-//! 7. [`upstream`]: forwards with the proxy's own credentials and an allowlist of headers.
+//! 7. [`upstream`]: forwards with the proxy's own credentials and an allowlist of headers,
+//!    reading answers up to a size limit.
 //!    [`proxy`] then refuses a version or lookup answered for another subject than the one
 //!    authorized (Confluent's context fallback) and replaces 5xx bodies.
 //! 8. [`filter`]: trims list responses to what the caller may read.
@@ -28,18 +33,18 @@ pub mod config;
 pub mod endpoints;
 pub mod error;
 pub mod filter;
+pub mod health;
 pub mod metrics;
 pub mod proxy;
+pub mod server;
 pub mod upstream;
 
 use std::{
-    net::SocketAddr,
     sync::{Arc, atomic::AtomicU64},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use axum::Router;
-use shared::{policy::PolicyStore, telemetry::Readiness};
+use shared::policy::PolicyStore;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -69,11 +74,11 @@ pub async fn run_with_admin(
 ) -> Result<(), Error> {
     config.validate()?;
     let metrics = metrics::Metrics::new();
-    let readiness = Readiness::default();
+    let health = Arc::new(health::Health::default());
     if let Some(admin) = admin {
         let (registry, readiness, shutdown) = (
             metrics.registry.clone(),
-            readiness.clone(),
+            health.readiness(),
             shutdown.clone(),
         );
         tokio::spawn(async move {
@@ -126,18 +131,31 @@ pub async fn run_with_admin(
             groups: config.oidc.groups_claim.clone(),
             client_id: config.oidc.client_id_claims.clone(),
         },
-        config.oidc.leeway_secs,
-        Duration::from_secs(config.oidc.token_cache_secs),
-        10_000,
+        auth::TokenLimits {
+            leeway: config.oidc.leeway_secs,
+            max_lifetime: config.oidc.max_token_lifetime_secs,
+            cache_ttl: Duration::from_secs(config.oidc.token_cache_secs),
+            failed_ttl: Duration::from_secs(config.oidc.failed_token_cache_secs),
+            cache_max: 10_000,
+        },
+        auth::limit::VerifyLimiter::new(config.oidc.verify_rate_per_ip, config.oidc.verify_burst),
         metrics.clone(),
     );
     let upstream = upstream::Upstream::new(
         config.upstream.clone(),
         config.upstream_auth.clone(),
         Duration::from_millis(config.upstream_timeout_ms),
+        config.max_upstream_body_bytes,
         metrics.clone(),
     )?;
-    let (audit, audit_writer) = audit::Audit::start(&config.audit).await?;
+    let (audit, audit_writer) = audit::Audit::start(
+        &config.audit,
+        config.audit_on_failure,
+        config.audit_queue_records,
+        health.clone(),
+        metrics.clone(),
+    )
+    .await?;
     let caches = cache::Caches::new(
         config.cache_max_entries,
         Duration::from_secs(config.id_subjects_ttl_secs),
@@ -156,19 +174,20 @@ pub async fn run_with_admin(
         id_prefix: format!("{:x}{:04x}", started.as_secs(), std::process::id() & 0xffff),
         next_id: AtomicU64::new(1),
     });
-    let app = Router::new().fallback(proxy::handle).with_state(state);
     tracing::info!(addr = %listener.local_addr()?, "registry-proxy listening");
-    readiness.set(true);
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.cancelled_owned())
-    .await;
-    readiness.set(false);
-    // The router (and with it the last audit sender) is gone; let the writer drain.
+    health.set_serving(true);
+    {
+        // Unready as soon as shutdown starts, while connections drain.
+        let (health, shutdown) = (health.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            health.set_serving(false);
+        });
+    }
+    server::serve(listener, state, shutdown).await;
+    // Every connection (and with it the last audit sender) is gone; let the writer drain.
     let _ = tokio::time::timeout(Duration::from_secs(5), audit_writer).await;
-    served.map_err(Error::Io)
+    Ok(())
 }
 
 /// Discovery at startup, retried briefly: a proxy and its identity provider often start

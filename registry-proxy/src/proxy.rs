@@ -1,10 +1,13 @@
 //! The request pipeline: one function from client request to response and audit record.
 //!
-//! refuse method overrides -> canonicalize -> authenticate -> classify -> read body ->
-//! authorize (ids looked up upstream, cached) -> serve from cache or forward -> check the
-//! answer concerns the authorized subject -> filter lists -> respond. An upstream 5xx body is
-//! replaced by a fixed Confluent-shaped error; the original goes to the log. Every path out of [`handle`] writes exactly one audit record, including a
-//! client disconnecting mid-request (`aborted`, written when the request future is dropped).
+//! reserve the audit record's place (or refuse 503) -> refuse overlong targets and method
+//! overrides -> canonicalize (dropping any `access_token` parameter) -> authenticate (one
+//! `Authorization` header) -> classify -> read body (bounded in size and time) -> authorize
+//! (ids looked up upstream, cached) -> serve from cache or forward -> check the answer
+//! concerns the authorized subject -> filter lists -> respond. An upstream 5xx body is
+//! replaced by a fixed Confluent-shaped error; the original goes to the log. Every path out of
+//! [`handle`] writes exactly one audit record, including a client disconnecting mid-request
+//! (`aborted`, written when the request future is dropped).
 
 use std::{
     net::SocketAddr,
@@ -12,12 +15,11 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use axum::{
     body::{Body, to_bytes},
-    extract::{ConnectInfo, State},
     http::{HeaderMap, Request, StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -25,7 +27,7 @@ use bytes::Bytes;
 use shared::{policy::PolicyStore, principal::Principal};
 
 use crate::{
-    audit::{Audit, AuditRecord, rfc3339_now},
+    audit::{Audit, AuditRecord, Slot, rfc3339_now},
     auth::Authenticator,
     authz::{self, Outcome},
     cache::{CachedResponse, Caches},
@@ -52,6 +54,28 @@ pub struct AppState {
     pub next_id: AtomicU64,
 }
 
+impl AppState {
+    pub fn next_request_id(&self) -> String {
+        format!(
+            "{}-{:06}",
+            self.id_prefix,
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Counts a finished request.
+    pub fn count(&self, record: &AuditRecord) {
+        self.metrics
+            .requests
+            .with_label_values(&[
+                record.operation.unwrap_or("none"),
+                record.decision,
+                &record.status.to_string(),
+            ])
+            .inc();
+    }
+}
+
 /// Headers that ask a server to treat a request as another method. Jersey honours
 /// `X-HTTP-Method-Override` when its filter is on; refusing them all keeps the method the
 /// proxy authorized the method the registry runs.
@@ -65,54 +89,69 @@ const METHOD_OVERRIDES: &[&str] = &[
 /// still recorded, as `aborted`.
 struct AuditGuard<'a> {
     audit: &'a Audit,
-    record: Option<AuditRecord>,
+    slot: Option<Slot>,
+    record: AuditRecord,
+}
+
+impl AuditGuard<'_> {
+    /// The record, for writing once the response is known; the guard no longer writes it.
+    fn finish(mut self) -> (Option<Slot>, AuditRecord) {
+        (self.slot.take(), std::mem::take(&mut self.record))
+    }
 }
 
 impl Drop for AuditGuard<'_> {
     fn drop(&mut self) {
-        if let Some(mut record) = self.record.take() {
+        if let Some(slot) = self.slot.take() {
+            let record = &mut self.record;
             record.decision = "aborted";
             record
                 .reason
                 .get_or_insert_with(|| "client closed the connection before the response".into());
-            self.audit.write(&record);
+            self.audit.write(slot, record);
         }
     }
 }
 
-pub async fn handle(
-    State(state): State<Arc<AppState>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    req: Request<Body>,
-) -> Response {
+/// Serves one request; `peer` is the client's address. Always answers, and always leaves
+/// one audit record.
+pub async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Body>) -> Response {
     let started = Instant::now();
-    let request_id = format!(
-        "{}-{:06}",
-        state.id_prefix,
-        state.next_id.fetch_add(1, Ordering::Relaxed)
-    );
+    let raw_target = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path(), |pq| pq.as_str());
+    let mut record = AuditRecord {
+        time: rfc3339_now(),
+        request_id: state.next_request_id(),
+        client_addr: peer.to_string(),
+        method: req.method().to_string(),
+        path: crate::canonical::redacted_target(truncated(raw_target, state.config.max_uri_bytes)),
+        decision: "error",
+        ..AuditRecord::default()
+    };
+    let slot = match state.audit.admit() {
+        Ok(slot) => slot,
+        Err(unavailable) => {
+            // Refused before anything else: with records not being written, nothing about
+            // this request is looked at, let alone forwarded.
+            let e = Error::from(unavailable);
+            record.reason = Some(e.to_string());
+            let response = finish(e.into_response(), &mut record, started);
+            state.count(&record);
+            state.audit.write_unreserved(&record);
+            return response;
+        }
+    };
     let mut guard = AuditGuard {
         audit: &state.audit,
-        record: Some(AuditRecord {
-            time: rfc3339_now(),
-            request_id,
-            client_addr: peer.to_string(),
-            method: req.method().to_string(),
-            path: req
-                .uri()
-                .path_and_query()
-                .map_or_else(|| req.uri().path().to_owned(), |pq| pq.as_str().to_owned()),
-            decision: "error",
-            ..AuditRecord::default()
-        }),
+        slot: Some(slot),
+        record,
     };
-    let result = {
-        let record = guard.record.get_or_insert_with(AuditRecord::default);
-        process(&state, req, record).await
-    };
+    let result = process(&state, peer, req, &mut guard.record).await;
     // From here on nothing awaits, so the guard's job (recording a dropped request) is done.
-    let mut record = guard.record.take().unwrap_or_default();
-    let mut response = match result {
+    let (slot, mut record) = guard.finish();
+    let response = match result {
         Ok(response) => response,
         Err(e) => {
             // A denial already carries its decision and the missing grant; anything else
@@ -127,31 +166,49 @@ pub async fn handle(
             e.into_response()
         }
     };
+    let response = finish(response, &mut record, started);
+    state.count(&record);
+    if let Some(slot) = slot {
+        state.audit.write(slot, &record);
+    }
+    response
+}
+
+/// Completes the record with the response, and the response with the record's id.
+fn finish(mut response: Response, record: &mut AuditRecord, started: Instant) -> Response {
     if let Ok(id) = http::HeaderValue::from_str(&record.request_id) {
         // Lets a client quote the id an operator finds in the audit log.
         response.headers_mut().insert("x-request-id", id);
     }
     record.status = response.status().as_u16();
     record.latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    state
-        .metrics
-        .requests
-        .with_label_values(&[
-            record.operation.unwrap_or("none"),
-            record.decision,
-            response.status().as_str(),
-        ])
-        .inc();
-    state.audit.write(&record);
     response
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary: a refused overlong target is
+/// recorded by its start, so one request cannot make an audit record of any size.
+fn truncated(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 async fn process(
     state: &AppState,
+    peer: SocketAddr,
     req: Request<Body>,
     record: &mut AuditRecord,
 ) -> Result<Response, Error> {
     let (parts, body) = req.into_parts();
+    let target_len = parts.uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    if target_len > state.config.max_uri_bytes {
+        return Err(Error::UriTooLong(state.config.max_uri_bytes));
+    }
     if let Some(h) = METHOD_OVERRIDES
         .iter()
         .find(|h| parts.headers.contains_key(**h))
@@ -163,10 +220,7 @@ async fn process(
     let canonical = CanonicalRequest::parse(parts.uri.path(), parts.uri.query())?;
     record.path = canonical.path_and_query();
 
-    let principal = state
-        .auth
-        .authenticate(parts.headers.get(header::AUTHORIZATION))
-        .await?;
+    let principal = state.auth.authenticate(&parts.headers, peer.ip()).await?;
     record.principal = Some(principal.to_string());
     record.groups = principal.groups.clone();
     record.client_id = principal.client_id.clone();
@@ -185,9 +239,7 @@ async fn process(
         Target::SchemaId(_) | Target::List | Target::Global => {}
     }
 
-    let body = to_bytes(body, state.config.max_body_bytes)
-        .await
-        .map_err(|_| Error::BodyTooLarge(state.config.max_body_bytes))?;
+    let body = read_body(body, &state.config).await?;
     let needs = authz::requirements(&endpoint, &body)?;
     for (_, s) in &needs {
         if !record.subjects.contains(s) {
@@ -330,6 +382,25 @@ async fn process(
         );
     }
     Ok(respond(upstream.status, upstream.content_type, body))
+}
+
+/// The request body, within the configured size and time.
+async fn read_body(body: Body, config: &Config) -> Result<Bytes, Error> {
+    let limit = config.max_body_bytes;
+    let timeout = Duration::from_millis(config.body_read_timeout_ms);
+    match tokio::time::timeout(timeout, to_bytes(body, limit)).await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(e)) => {
+            let over_limit = std::error::Error::source(&e)
+                .is_some_and(|inner| inner.is::<http_body_util::LengthLimitError>());
+            Err(if over_limit {
+                Error::BodyTooLarge(limit)
+            } else {
+                Error::BadRequest(format!("request body: {e}"))
+            })
+        }
+        Err(_) => Err(Error::BodyTimeout(config.body_read_timeout_ms)),
+    }
 }
 
 /// The cache key: canonical target plus the Apicurio group header that selects a namespace.

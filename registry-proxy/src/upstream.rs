@@ -26,6 +26,8 @@ pub struct Upstream {
     base: String,
     client: reqwest::Client,
     auth: UpstreamAuth,
+    /// Answers are buffered (lists are filtered, ids cached), so their size is bounded.
+    max_body: usize,
     metrics: Metrics,
 }
 
@@ -42,6 +44,7 @@ impl Upstream {
         base: String,
         auth: UpstreamAuth,
         timeout: Duration,
+        max_body: usize,
         metrics: Metrics,
     ) -> Result<Self, Error> {
         let client = reqwest::Client::builder()
@@ -56,6 +59,7 @@ impl Upstream {
             base,
             client,
             auth,
+            max_body,
             metrics,
         })
     }
@@ -107,16 +111,32 @@ impl Upstream {
             request = request.body(body);
         }
         let started = Instant::now();
-        let response = request
+        let mut response = request
             .send()
             .await
             .map_err(|e| Error::Upstream(e.to_string()))?;
         let status = response.status().as_u16();
         let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
-        let body = response
-            .bytes()
+        if response
+            .content_length()
+            .is_some_and(|n| n > self.max_body as u64)
+        {
+            return Err(Error::UpstreamTooLarge(self.max_body));
+        }
+        // Chunk by chunk, so an answer without a length (chunked) stops at the bound too.
+        let expected = response.content_length().map_or(0, |n| n as usize);
+        let mut body = bytes::BytesMut::with_capacity(expected);
+        while let Some(chunk) = response
+            .chunk()
             .await
-            .map_err(|e| Error::Upstream(e.to_string()))?;
+            .map_err(|e| Error::Upstream(e.to_string()))?
+        {
+            if body.len() + chunk.len() > self.max_body {
+                return Err(Error::UpstreamTooLarge(self.max_body));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let body = body.freeze();
         self.metrics
             .upstream_latency
             .with_label_values(&[endpoint])

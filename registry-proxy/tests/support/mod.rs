@@ -1,5 +1,7 @@
 //! In-process harness: the development registry, a small identity provider serving a locally
 //! generated JWKS, and registry-proxy in front, each on an ephemeral port.
+// Each test binary (`proxy`, `hardening`) compiles this module and uses part of it.
+#![allow(dead_code)]
 
 use std::{
     net::SocketAddr,
@@ -149,12 +151,17 @@ impl Idp {
     pub fn sign(&self, claims: &Value, alg: Algorithm, kid: Option<&str>) -> String {
         let mut header = Header::new(alg);
         header.kid = kid.map(str::to_owned);
-        let key = match kid {
+        self.sign_with_header(&header, claims)
+    }
+
+    /// Signs `claims` under `header` (its `kid` picks the key, as in [`Idp::sign`]).
+    pub fn sign_with_header(&self, header: &Header, claims: &Value) -> String {
+        let key = match header.kid.as_deref() {
             Some(EC_KID) => &self.ec,
             Some(ROTATED_KID) => &self.rotated,
             _ => &self.rsa,
         };
-        jsonwebtoken::encode(&header, claims, key).expect("sign")
+        jsonwebtoken::encode(header, claims, key).expect("sign")
     }
 
     /// An HS256 token whose HMAC secret is the RSA public key: the classic confusion attack.
@@ -383,6 +390,34 @@ impl Stack {
         let auth = format!("Bearer {token}");
         self.raw(method, target, &[("Authorization", &auth)], body)
             .await
+    }
+
+    /// The admin endpoint's `/readyz` status.
+    pub async fn readyz(&self) -> u16 {
+        self.http
+            .get(format!("{}/readyz", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// The value of one metric sample, e.g. `registry_proxy_audit_failures_total{reason="queue_full"}`
+    /// (0 when absent).
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// Every audit record written so far.
