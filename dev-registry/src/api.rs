@@ -31,8 +31,40 @@ impl IntoResponse for RegistryError {
 
 type Result<T> = std::result::Result<T, RegistryError>;
 
-/// The registry's routes, in the order of the Confluent API reference.
+/// The registry: [`routes`] behind the path normalization Confluent (Jersey) and Karapace
+/// apply before routing, so `/subjects/s/versions/` is `/subjects/s/versions`.
 pub fn router(store: Store) -> Router {
+    Router::new()
+        .fallback_service(routes(store))
+        .layer(axum::middleware::from_fn(trim_trailing_slash))
+}
+
+/// One trailing `/` (not the root's) is dropped before routing.
+async fn trim_trailing_slash(
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let uri = req.uri();
+    let path = uri.path();
+    if path.len() > 1 && path.ends_with('/') {
+        let trimmed = &path[..path.len() - 1];
+        let target = match uri.query() {
+            Some(q) => format!("{trimmed}?{q}"),
+            None => trimmed.to_owned(),
+        };
+        if let Ok(pq) = target.parse::<axum::http::uri::PathAndQuery>() {
+            let mut parts = uri.clone().into_parts();
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// The routes, in the order of the Confluent API reference.
+fn routes(store: Store) -> Router {
     Router::new()
         .route("/", get(|| async { Json(json!({})) }))
         .route("/schemas", get(list_schemas))
@@ -77,9 +109,35 @@ struct SchemaBody {
     references: Option<Vec<Reference>>,
 }
 
+/// Fields a registration or lookup body may carry (Confluent's RegisterSchemaRequest).
+const SCHEMA_FIELDS: &[&str] = &[
+    "schema",
+    "schemaType",
+    "references",
+    "metadata",
+    "ruleSet",
+    "id",
+    "version",
+    "schemaTagsToAdd",
+    "schemaTagsToRemove",
+    "propagateSchemaTags",
+];
+
+/// The body as JSON, answering as the registries do for one that is not.
+fn json_body(body: &[u8]) -> Result<Value> {
+    serde_json::from_slice(body).map_err(|e| RegistryError::MalformedJson(e.to_string()))
+}
+
 fn parse_body(body: &[u8]) -> Result<SchemaKey> {
+    let value = json_body(body)?;
+    if let Some(unknown) = value
+        .as_object()
+        .and_then(|o| o.keys().find(|k| !SCHEMA_FIELDS.contains(&k.as_str())))
+    {
+        return Err(RegistryError::UnrecognizedField(unknown.clone()));
+    }
     let body: SchemaBody =
-        serde_json::from_slice(body).map_err(|_| RegistryError::InvalidSchema)?;
+        serde_json::from_value(value).map_err(|_| RegistryError::InvalidSchema)?;
     Ok(SchemaKey {
         schema_type: body
             .schema_type
@@ -310,8 +368,7 @@ fn default_config() -> Value {
 
 /// Confluent answers reads with `compatibilityLevel` but takes writes as `compatibility`.
 fn config_from_body(body: &[u8]) -> Result<(Value, Value)> {
-    let mut value: Value =
-        serde_json::from_slice(body).map_err(|_| RegistryError::InvalidSchema)?;
+    let mut value = json_body(body)?;
     let obj = value.as_object_mut().ok_or(RegistryError::InvalidSchema)?;
     let echo = Value::Object(obj.clone());
     if let Some(level) = obj.remove("compatibility") {
@@ -369,7 +426,7 @@ async fn delete_subject_config(
 }
 
 fn mode_from_body(body: &[u8]) -> Result<String> {
-    let value: Value = serde_json::from_slice(body).map_err(|_| RegistryError::InvalidSchema)?;
+    let value = json_body(body)?;
     value
         .get("mode")
         .and_then(Value::as_str)
@@ -419,4 +476,92 @@ async fn delete_subject_mode(
         .delete_mode(&subject)
         .map(|m| Json(json!({"mode": m})))
         .ok_or(RegistryError::SubjectNotFound)
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// (status, body) of one request to a fresh registry per test.
+    async fn call(
+        addr: std::net::SocketAddr,
+        method: &str,
+        target: &str,
+        body: &str,
+    ) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let body = response.split_once("\r\n\r\n").unwrap().1.to_owned();
+        (status, body)
+    }
+
+    async fn registry() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(crate::run(listener, std::future::pending()));
+        addr
+    }
+
+    #[tokio::test]
+    async fn answers_as_confluent_and_karapace_do() {
+        let addr = registry().await;
+        let schema = r#"{"schema":"\"int\""}"#;
+        assert_eq!(
+            call(addr, "POST", "/subjects/s/versions/", schema).await,
+            (
+                200,
+                r#"{"id":1,"schema":"\"int\"","subject":"s","version":1}"#.into()
+            ),
+            "one trailing slash is the path without it"
+        );
+        assert_eq!(
+            call(addr, "GET", "/subjects/", "").await,
+            (200, r#"["s"]"#.into())
+        );
+        let (status, body) = call(addr, "POST", "/subjects/s/versions", "nope").await;
+        assert_eq!(status, 400, "{body}");
+        assert!(body.starts_with(r#"{"error_code":400,"#), "{body}");
+        assert_eq!(
+            call(
+                addr,
+                "POST",
+                "/subjects/s/versions",
+                r#"{"schema":"\"int\"","foo":1}"#
+            )
+            .await,
+            (
+                422,
+                r#"{"error_code":422,"message":"Unrecognized field: foo"}"#.into()
+            )
+        );
+        assert_eq!(
+            call(addr, "GET", "/schemas/ids/99", "").await,
+            (
+                404,
+                r#"{"error_code":40403,"message":"Schema not found"}"#.into()
+            )
+        );
+        assert_eq!(
+            call(
+                addr,
+                "GET",
+                "/associations/resources/-/t?resourceType=topic",
+                ""
+            )
+            .await,
+            (
+                404,
+                r#"{"error_code":404,"message":"HTTP 404 Not Found"}"#.into()
+            ),
+            "a registry without the associations API: serializers fall back on this 404"
+        );
+    }
 }

@@ -8,6 +8,10 @@
 //!   reuses its id), soft and permanent deletes, config and mode, contexts (subjects named
 //!   `:.ctx:name`).
 //! - [`api`]: the axum routes and the Confluent error shape (`{"error_code": 40401, ...}`).
+//!   Where registry-proxy must pass the registry's own answers through, it answers as Confluent
+//!   and Karapace do: one trailing `/` is the path without it, a body that is not JSON is 400
+//!   `400`, an unknown field in a schema body 422 `422`, and an endpoint it lacks (associations,
+//!   DEK registry, exporters) 404 `{"error_code": 404, "message": "HTTP 404 Not Found"}`.
 //!
 //! It keeps nothing on disk, checks no compatibility (every check answers `is_compatible:
 //! true`) and validates schemas only as far as "is it JSON" (Avro, JSON Schema) or "is it

@@ -33,8 +33,13 @@ pub struct Version {
 }
 
 /// Errors in the Confluent numbering clients understand.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegistryError {
+    /// A body that is not JSON: Confluent's JsonParseExceptionMapper answers 400 with the
+    /// parser's message.
+    MalformedJson(String),
+    /// A field the request type does not have (Karapace: 422 "Unrecognized field").
+    UnrecognizedField(String),
     SubjectNotFound,
     VersionNotFound,
     SchemaNotFound,
@@ -45,8 +50,12 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
-    pub fn code(self) -> (u16, u32, &'static str) {
-        match self {
+    pub fn code(&self) -> (u16, u32, String) {
+        let (status, code, message) = match self {
+            Self::MalformedJson(why) => return (400, 400, format!("Unexpected token: {why}")),
+            Self::UnrecognizedField(name) => {
+                return (422, 422, format!("Unrecognized field: {name}"));
+            }
             Self::SubjectNotFound => (404, 40401, "Subject not found."),
             Self::VersionNotFound => (404, 40402, "Version not found."),
             Self::SchemaNotFound => (404, 40403, "Schema not found"),
@@ -66,7 +75,8 @@ impl RegistryError {
                 42202,
                 "The specified version is not a valid version id",
             ),
-        }
+        };
+        (status, code, message.to_owned())
     }
 }
 

@@ -587,7 +587,8 @@ mod tests {
                     assert!(health.is_ready(), "serve mode stays ready");
                 }
             }
-            assert!(audit.tx.capacity() == 0, "the queue is at its bound");
+            // The writer thread may take one more record off the queue after the loop.
+            assert!(audit.tx.capacity() <= 1, "the queue is at its bound");
             drop(audit);
             drop(release);
             writer.await.unwrap();

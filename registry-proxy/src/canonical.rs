@@ -6,7 +6,7 @@
 //! receives a canonical re-encoding of the same values. Anything two parsers could read
 //! differently is refused instead of guessed at:
 //!
-//! - `..` and `.` segments (also `%2e%2e`), empty segments (`//`, a trailing `/`);
+//! - `..` and `.` segments (also `%2e%2e`), empty segments (`//`, `/a//`, `//` as a whole path);
 //! - an encoded `/` (`%2F`) inside a segment: Karapace routes on the decoded path, so
 //!   `POST /subjects/a%2Fversions` (a lookup on subject `a/versions`) would register on `a`.
 //!   Subject names containing `/` cannot be used through the proxy;
@@ -20,6 +20,10 @@
 //! dropped here: only the `Authorization` header carries credentials, and a token in a URL
 //! must not reach the audit log or the registry. [`redacted_target`] does the same for a
 //! target that could not be canonicalized, before it is recorded.
+//!
+//! One trailing `/` (`/subjects/s/versions/`) is not an empty segment: Confluent (Jersey) and
+//! Karapace route it as the path without it, and clients send it, so it is authorized and
+//! forwarded as that path.
 //!
 //! `+` in a path is a literal plus and is sent as `%2B`, because
 //! Karapace reads a raw `+` as a space; in a query, `+` means space (form encoding) and is sent
@@ -52,6 +56,8 @@ const SECURITY_PARAMS: &[&str] = &[
     "normalize",
     "groupid",
     "artifactid",
+    "cascadelifecycle",
+    "context",
 ];
 
 /// A decoded request target.
@@ -108,6 +114,11 @@ impl CanonicalRequest {
         let rest = path
             .strip_prefix('/')
             .ok_or_else(|| bad("path must start with '/'"))?;
+        // One trailing '/' is the path without it; what remains must not end in another.
+        let rest = match rest.strip_suffix('/') {
+            Some(trimmed) if !trimmed.is_empty() && !trimmed.ends_with('/') => trimmed,
+            _ => rest,
+        };
         if path
             .bytes()
             .any(|b| b == b'\\' || b == b';' || !(0x21..0x7f).contains(&b))
@@ -120,7 +131,7 @@ impl CanonicalRequest {
         if !rest.is_empty() {
             for raw in rest.split('/') {
                 if raw.is_empty() {
-                    return Err(bad("empty path segment ('//' or a trailing '/')"));
+                    return Err(bad("empty path segment ('//')"));
                 }
                 let seg = decode(raw, "path segment")?;
                 if seg == "." || seg == ".." {
@@ -236,6 +247,11 @@ impl CanonicalRequest {
     }
 }
 
+/// One decoded path segment, encoded as the proxy sends segments upstream.
+pub fn encode_segment(segment: &str) -> String {
+    utf8_percent_encode(segment, SEGMENT).to_string()
+}
+
 /// Whether a raw query parameter name is `access_token`, however it is cased or encoded.
 /// Decoded leniently: a malformed escape in the name must not keep a token from being found.
 fn is_access_token(raw_name: &str) -> bool {
@@ -279,6 +295,8 @@ fn is_known_spelling(key: &str) -> bool {
             | "normalize"
             | "groupId"
             | "artifactId"
+            | "cascadeLifecycle"
+            | "context"
     )
 }
 
@@ -330,13 +348,30 @@ mod tests {
     }
 
     #[test]
+    fn one_trailing_slash_is_the_path_without_it() {
+        for (with, without) in [
+            ("/subjects/", "/subjects"),
+            ("/subjects/a/versions/", "/subjects/a/versions"),
+            ("/config/a%3Ab/", "/config/a:b"),
+            ("/mode/", "/mode"),
+        ] {
+            assert_eq!(ok(with, None), ok(without, None), "{with}");
+        }
+        assert_eq!(ok("/", None).path(), "/");
+    }
+
+    #[test]
     fn refuses_ambiguous_paths() {
         for p in [
             "/subjects/../config",
             "/subjects/%2e%2e/config",
             "/subjects/./x",
             "/subjects//x",
-            "/subjects/x/",
+            "/subjects/x//",
+            "//",
+            "///",
+            "/subjects/x/./",
+            "/subjects/../",
             "/subjects/x;y",
             "/subjects/x%3By",
             "/subjects/x\\y",

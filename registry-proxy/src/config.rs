@@ -212,6 +212,9 @@ pub struct Config {
     pub cache_max_entries: usize,
     /// How long "which subjects use id N" is trusted, seconds.
     pub id_subjects_ttl_secs: u64,
+    /// Apicurio runs with `apicurio.ccompat.legacy-id-mode.enabled=true`: its ccompat schema
+    /// ids are global ids, not content ids, and are looked up as such.
+    pub apicurio_legacy_id_mode: bool,
     /// Open client connections; more are closed on accept.
     pub max_connections: usize,
     /// Open connections per client IP, so one client cannot take every slot.
@@ -250,6 +253,7 @@ impl Default for Config {
             mode: Mode::Enforce,
             cache_max_entries: 10_000,
             id_subjects_ttl_secs: 30,
+            apicurio_legacy_id_mode: false,
             max_connections: 1024,
             max_connections_per_ip: 128,
             header_read_timeout_ms: 10_000,

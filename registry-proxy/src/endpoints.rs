@@ -51,6 +51,12 @@ pub enum Target {
     List,
     /// Registry- or context-wide.
     Global,
+    /// The subjects a resource (a topic) is currently associated with: `GET lookup` upstream
+    /// answers them, and each needs every operation in `operations`.
+    Associated {
+        lookup: String,
+        operations: Vec<Operation>,
+    },
 }
 
 /// Authorization-relevant content of the request body.
@@ -63,6 +69,11 @@ pub enum BodyCheck {
     ConfigAlias,
     /// Apicurio artifact creation names the artifact in the body (v3) or a header (v2).
     ApicurioCreate,
+    /// An association create or update: `associations[].subject` each need `write`, and the
+    /// references of `associations[].schema` `read`.
+    Association,
+    /// A DEK created under a KEK for the body's `subject`: `write` on it.
+    DekCreate,
 }
 
 /// How a list response is filtered.
@@ -137,7 +148,21 @@ pub struct Endpoint {
     /// Whether the answer must be checked to concern the authorized subject.
     pub subject_check: SubjectCheck,
     /// Where to ask the upstream which subjects use an id (`SchemaId` targets only).
-    pub id_lookup: Option<String>,
+    pub id_lookup: Option<IdLookup>,
+}
+
+/// How to ask a registry which subjects use a schema id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdLookup {
+    /// `GET` this path; it answers `[{"subject": ..., "version": ...}]` (Confluent, Karapace).
+    Versions(String),
+    /// Apicurio 3's version search, `GET /apis/registry/v3/search/versions?{param}={id}`; it
+    /// answers `{"versions": [{"groupId": ..., "artifactId": ...}]}`, exact (group, artifact)
+    /// pairs across groups. `param` is `contentId` or `globalId`.
+    ApicurioSearch { param: &'static str, id: String },
+    /// A ccompat schema id: Apicurio's content id, or its global id when the registry runs in
+    /// legacy id mode (`apicurio_legacy_id_mode`).
+    ApicurioCcompat(String),
 }
 
 fn bad(why: impl Into<String>) -> Error {
@@ -283,8 +308,29 @@ fn apicurio_group(group: &str) -> Result<Namespace, Error> {
     Ok(Namespace((group != "default").then(|| format!(".{group}"))))
 }
 
+/// The endpoint `route` finds for `method`; when it finds none, [`Error::MethodNotAllowed`] if
+/// it knows the path under another method, else [`Error::UnknownEndpoint`].
+fn resolve(
+    method: &Method,
+    req: &CanonicalRequest,
+    route: impl Fn(&Method) -> Option<Result<Endpoint, Error>>,
+) -> Result<Endpoint, Error> {
+    if let Some(found) = route(method) {
+        return found;
+    }
+    let what = format!("{method} {}", req.path());
+    let other_method = [Method::GET, Method::POST, Method::PUT, Method::DELETE]
+        .iter()
+        .any(|m| m != method && route(m).is_some());
+    Err(if other_method {
+        Error::MethodNotAllowed(what)
+    } else {
+        Error::UnknownEndpoint(what)
+    })
+}
+
 /// Classifies a request. `Err` for malformed or unknown requests: unknown ones are
-/// [`Error::UnknownEndpoint`], which the caller denies.
+/// [`Error::UnknownEndpoint`] or [`Error::MethodNotAllowed`], which are never forwarded.
 pub fn classify(
     method: &Method,
     req: &CanonicalRequest,
@@ -320,7 +366,7 @@ pub fn classify(
                     query: req,
                     ns_explicit: true,
                 };
-                return confluent(method, rest, &c, false).ok_or_else(unknown)?;
+                return resolve(method, req, |m| confluent(m, rest, &c, false));
             }
             let c = Ctx {
                 ns: Namespace::default(),
@@ -329,7 +375,7 @@ pub fn classify(
                 query: req,
                 ns_explicit: false,
             };
-            confluent(method, &segs, &c, true).ok_or_else(unknown)?
+            resolve(method, req, |m| confluent(m, &segs, &c, true))
         }
         Flavor::Apicurio => match segs.as_slice() {
             ["apis", "ccompat", v @ ("v7" | "v8"), rest @ ..] => {
@@ -344,11 +390,11 @@ pub fn classify(
                     query: req,
                     ns_explicit: explicit,
                 };
-                confluent(method, rest, &c, false).ok_or_else(unknown)?
+                resolve(method, req, |m| confluent(m, rest, &c, false))
             }
-            ["apis", "registry", v @ ("v2" | "v3"), rest @ ..] => {
-                apicurio_native(method, rest, headers, v == &"v2").ok_or_else(unknown)?
-            }
+            ["apis", "registry", v @ ("v2" | "v3"), rest @ ..] => resolve(method, req, |m| {
+                apicurio_native(m, rest, headers, v == &"v2")
+            }),
             _ => Err(unknown()),
         },
     }
@@ -385,35 +431,44 @@ fn confluent(
             SubjectRef::ContextLevel(_) => ep(name, global, Target::Global, ns),
         })
     };
+    // Whether the id is a number is the registry's to say: a caller who may read every subject
+    // gets its answer; for anyone else the proxy asks the registry which subjects use the id.
     let by_id = |id: &str,
                  name: &'static str,
                  filter: Filter,
                  cacheable: bool|
      -> Result<Endpoint, Error> {
-        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) || id.len() > 10 {
-            return Err(bad("schema id must be a number"));
-        }
         if c.flavor == Flavor::Apicurio {
-            // Apicurio's ccompat answers which subjects use an id with bare artifact ids from
-            // every group, ignoring X-Registry-GroupId: nothing ties them to a group, so the
-            // caller must be able to read every subject.
-            let mut e = ep(name, Read, Target::EverySubject, ns);
+            if filter != Filter::None {
+                // Apicurio's ccompat answers which subjects use an id with bare artifact ids
+                // from every group, ignoring X-Registry-GroupId: nothing ties the names in the
+                // answer to a group, so listing them needs `read` on every subject.
+                return Ok(ep(name, Read, Target::EverySubject, ns));
+            }
+            // The content itself: readable with any (group, artifact) using the id, which
+            // Apicurio's search API names exactly.
+            let mut e = ep(name, Read, Target::SchemaId(id.to_owned()), ns);
             e.cacheable = cacheable;
+            e.id_lookup = Some(IdLookup::ApicurioCcompat(id.to_owned()));
             return Ok(e);
         }
-        let mut lookup = format!("{}/schemas/ids/{id}/versions?deleted=true", c.api_prefix);
+        let mut lookup = CanonicalRequest {
+            segments: vec![],
+            query: vec![("deleted".into(), "true".into())],
+        };
         if let Some(subject) = c.query.param("subject") {
-            let sub = CanonicalRequest {
-                segments: vec![],
-                query: vec![("subject".into(), subject.into())],
-            };
-            lookup.push('&');
-            lookup.push_str(&sub.query_string());
+            lookup.query.push(("subject".into(), subject.into()));
         }
+        let lookup = format!(
+            "{}/schemas/ids/{}/versions?{}",
+            c.api_prefix,
+            crate::canonical::encode_segment(id),
+            lookup.query_string()
+        );
         let mut e = ep(name, Read, Target::SchemaId(id.to_owned()), ns);
         e.filter = filter;
         e.cacheable = cacheable;
-        e.id_lookup = Some(lookup);
+        e.id_lookup = Some(IdLookup::Versions(lookup));
         Ok(e)
     };
     let with = |r: Result<Endpoint, Error>, body: BodyCheck| {
@@ -559,6 +614,54 @@ fn confluent(
         (Method::GET, ["v1", "metadata", "version"]) if top_level => {
             global("GET /v1/metadata/version", GlobalRead)
         }
+        (Method::GET, ["v1", "metadata", "deployment"]) if top_level => {
+            global("GET /v1/metadata/deployment", GlobalRead)
+        }
+        // Confluent's no-op root resource, for testing posted entities.
+        (Method::POST, []) if top_level => global("POST /", GlobalRead),
+        (Method::POST, ["subjects", s, "versions", _, "tags"]) => {
+            subj(s, Write, "POST /subjects/{subject}/versions/{version}/tags")
+        }
+        // A GUID names content in every context; nothing cheap ties it to subjects.
+        (Method::GET, ["schemas", "guids", _]) => {
+            let mut e = ep("GET /schemas/guids/{guid}", Read, Target::EverySubject, ns);
+            e.cacheable = true;
+            Ok(e)
+        }
+        (Method::GET, ["schemas", "guids", _, "ids"]) => Ok(ep(
+            "GET /schemas/guids/{guid}/ids",
+            Read,
+            Target::EverySubject,
+            ns,
+        )),
+        (m, ["associations", ..] | ["associations:batchGet" | "associations:batchMutate"])
+            if top_level =>
+        {
+            return associations(&m, segs, c);
+        }
+        (m, ["dek-registry", "v1", "keks", rest @ ..]) if top_level => {
+            return dek_registry(&m, rest, c);
+        }
+        (m, ["exporters", rest @ ..]) if top_level => {
+            // An exporter copies subjects to another registry with credentials held in its
+            // config: reading the config is as sensitive as changing it.
+            let (name, op): (&'static str, Operation) = match (m, rest) {
+                (Method::GET, []) => ("GET /exporters", GlobalRead),
+                (Method::POST, []) => ("POST /exporters", GlobalWrite),
+                (Method::GET, [_, "status"]) => ("GET /exporters/{name}/status", GlobalRead),
+                (Method::GET | Method::PUT | Method::DELETE, [_]) => {
+                    ("/exporters/{name}", GlobalWrite)
+                }
+                (Method::GET | Method::PUT, [_, "config"]) => {
+                    ("/exporters/{name}/config", GlobalWrite)
+                }
+                (Method::PUT, [_, "pause" | "resume" | "reset"]) => {
+                    ("PUT /exporters/{name}/{action}", GlobalWrite)
+                }
+                _ => return None,
+            };
+            global(name, op)
+        }
         _ => return None,
     };
     Some(endpoint.map(|mut e| {
@@ -570,6 +673,184 @@ fn confluent(
         }
         e
     }))
+}
+
+/// The namespace of subjects named in an association body: the `context` query parameter
+/// (`.ctx` or `:.ctx:`), else the default context.
+fn association_namespace(c: &Ctx<'_>) -> Result<Namespace, Error> {
+    let Some(raw) = c.query.param("context") else {
+        return Ok(Namespace::default());
+    };
+    let ctx = raw
+        .strip_prefix(':')
+        .and_then(|r| r.strip_suffix(':'))
+        .unwrap_or(raw);
+    if !valid_context(ctx) {
+        return Err(bad("invalid context parameter"));
+    }
+    Ok(Namespace((ctx != ".").then(|| ctx.to_owned())))
+}
+
+/// Confluent's associations API (confluent-kafka 2.16's serializers read it first, with their
+/// default subject-name strategy). An association ties a resource (a topic) to subjects.
+fn associations(method: &Method, segs: &[&str], c: &Ctx<'_>) -> Option<Result<Endpoint, Error>> {
+    use Operation::*;
+    let ns = &c.ns;
+    let list = |name: &'static str| {
+        let mut e = ep(name, Read, Target::List, ns);
+        e.filter = Filter::SubjectObjects;
+        Ok(e)
+    };
+    let write = |name: &'static str| -> Result<Endpoint, Error> {
+        let mut e = ep(
+            name,
+            Write,
+            Target::Subjects(vec![]),
+            &association_namespace(c)?,
+        );
+        e.body = BodyCheck::Association;
+        Ok(e)
+    };
+    Some(match (method.clone(), segs) {
+        (Method::GET, ["associations", "subjects", s]) => c.named_subject(s).map(|s| {
+            ep(
+                "GET /associations/subjects/{subject}",
+                Read,
+                Target::Subjects(vec![s]),
+                ns,
+            )
+        }),
+        (Method::GET, ["associations", "resources", _, _]) => {
+            list("GET /associations/resources/{namespace}/{name}")
+        }
+        (Method::GET, ["associations", "resources", _]) => list("GET /associations/resources/{id}"),
+        (Method::POST, ["associations"]) => write("POST /associations"),
+        (Method::PUT, ["associations", "resources", _]) => {
+            write("PUT /associations/resources/{id}")
+        }
+        (Method::DELETE, ["associations", "resources", id]) => {
+            // The associations to delete are the ones a GET with the same selection answers.
+            let query = c
+                .query
+                .query
+                .iter()
+                .filter(|(k, _)| k == "resourceType" || k == "associationType")
+                .cloned()
+                .collect();
+            let lookup = CanonicalRequest {
+                segments: vec!["associations".into(), "resources".into(), (*id).into()],
+                query,
+            }
+            .path_and_query();
+            // With cascadeLifecycle, deleting a strong association deletes its subject.
+            let mut operations = vec![Write];
+            if c.query.flag("cascadeLifecycle") {
+                operations.push(Delete);
+            }
+            Ok(ep(
+                "DELETE /associations/resources/{id}",
+                Write,
+                Target::Associated { lookup, operations },
+                ns,
+            ))
+        }
+        // A batch names resources of any team, with subjects the proxy would have to look up
+        // one by one: reading needs `read` on every subject, mutating is registry administration.
+        (Method::POST, ["associations:batchGet"]) => Ok(ep(
+            "POST /associations:batchGet",
+            Read,
+            Target::EverySubject,
+            ns,
+        )),
+        (Method::POST, ["associations:batchMutate"]) => Ok(ep(
+            "POST /associations:batchMutate",
+            GlobalWrite,
+            Target::Global,
+            ns,
+        )),
+        _ => return None,
+    })
+}
+
+/// Confluent's DEK registry (client-side field encryption). A DEK belongs to the subject whose
+/// fields it encrypts and takes that subject's `read`, `write` and `delete`; a KEK wraps the
+/// DEKs of any number of subjects and is registry configuration (`global_read`,
+/// `global_write`).
+fn dek_registry(method: &Method, segs: &[&str], c: &Ctx<'_>) -> Option<Result<Endpoint, Error>> {
+    use Operation::*;
+    let ns = &c.ns;
+    let global = |name: &'static str, op: Operation| Ok(ep(name, op, Target::Global, ns));
+    let dek = |raw: &str, op: Operation, name: &'static str| {
+        c.named_subject(raw)
+            .map(|s| ep(name, op, Target::Subjects(vec![s]), ns))
+    };
+    Some(match (method.clone(), segs) {
+        (Method::GET, []) => global("GET /dek-registry/v1/keks", GlobalRead),
+        (Method::POST, []) => global("POST /dek-registry/v1/keks", GlobalWrite),
+        (Method::GET, [_]) => global("GET /dek-registry/v1/keks/{name}", GlobalRead),
+        (Method::PUT | Method::DELETE, [_]) => global("/dek-registry/v1/keks/{name}", GlobalWrite),
+        (Method::POST, [_, "undelete" | "test"]) => {
+            global("POST /dek-registry/v1/keks/{name}/{action}", GlobalWrite)
+        }
+        (Method::GET, [_, "deks"]) => {
+            let mut e = ep(
+                "GET /dek-registry/v1/keks/{name}/deks",
+                Read,
+                Target::List,
+                ns,
+            );
+            e.filter = Filter::SubjectNames;
+            Ok(e)
+        }
+        (Method::POST, [_, "deks"]) => {
+            let mut e = ep(
+                "POST /dek-registry/v1/keks/{name}/deks",
+                Write,
+                Target::Subjects(vec![]),
+                ns,
+            );
+            e.body = BodyCheck::DekCreate;
+            Ok(e)
+        }
+        (Method::GET, [_, "deks", s]) => {
+            dek(s, Read, "GET /dek-registry/v1/keks/{name}/deks/{subject}")
+        }
+        (Method::POST, [_, "deks", s]) => {
+            dek(s, Write, "POST /dek-registry/v1/keks/{name}/deks/{subject}")
+        }
+        (Method::DELETE, [_, "deks", s]) => dek(
+            s,
+            Delete,
+            "DELETE /dek-registry/v1/keks/{name}/deks/{subject}",
+        ),
+        (Method::GET, [_, "deks", s, "versions"]) => dek(
+            s,
+            Read,
+            "GET /dek-registry/v1/keks/{name}/deks/{subject}/versions",
+        ),
+        (Method::GET, [_, "deks", s, "versions", _]) => dek(
+            s,
+            Read,
+            "GET /dek-registry/v1/keks/{name}/deks/{subject}/versions/{version}",
+        ),
+        (Method::DELETE, [_, "deks", s, "versions", _]) => dek(
+            s,
+            Delete,
+            "DELETE /dek-registry/v1/keks/{name}/deks/{subject}/versions/{version}",
+        ),
+        // Undoing a delete is the deleter's right, not every writer's.
+        (Method::POST, [_, "deks", s, "undelete"]) => dek(
+            s,
+            Delete,
+            "POST /dek-registry/v1/keks/{name}/deks/{subject}/undelete",
+        ),
+        (Method::POST, [_, "deks", s, "versions", _, "undelete"]) => dek(
+            s,
+            Delete,
+            "POST /dek-registry/v1/keks/{name}/deks/{subject}/versions/{version}/undelete",
+        ),
+        _ => return None,
+    })
 }
 
 /// Apicurio's native API, v2 and v3. `None`: not in the map.
@@ -701,8 +982,30 @@ fn apicurio_native(
             Ok(e)
         }
         ["search", "groups"] if is_get => global("GET /search/groups", GlobalRead),
-        // Content by global or content id, from any group: nothing ties an id to an artifact
-        // without asking the registry per artifact, so it needs `read` on every subject.
+        // Content (or its references) by global or content id, from any group: readable with
+        // any (group, artifact) using the id, which the search API names.
+        ["ids", kind @ ("globalIds" | "contentIds"), id, rest @ ..]
+            if is_get && matches!(rest, [] | ["references"]) =>
+        {
+            let param = if *kind == "globalIds" {
+                "globalId"
+            } else {
+                "contentId"
+            };
+            let mut e = ep(
+                "GET /ids/...",
+                Read,
+                Target::SchemaId((*id).to_owned()),
+                &root,
+            );
+            e.id_lookup = Some(IdLookup::ApicurioSearch {
+                param,
+                id: (*id).to_owned(),
+            });
+            Ok(e)
+        }
+        // By content hash: the search API cannot be asked by hash, so it needs `read` on every
+        // subject.
         ["ids", ..] if is_get => Ok(ep("GET /ids/...", Read, Target::EverySubject, &root)),
         ["system", ..] if is_get => global("GET /system/...", GlobalRead),
         ["users", "me"] if is_get => global("GET /users/me", GlobalRead),
@@ -807,8 +1110,10 @@ mod tests {
         let e = classify_str(Method::GET, "/contexts/.x/schemas/ids/7", Flavor::Confluent).unwrap();
         assert_eq!(e.target, Target::SchemaId("7".into()));
         assert_eq!(
-            e.id_lookup.as_deref(),
-            Some("/contexts/.x/schemas/ids/7/versions?deleted=true")
+            e.id_lookup,
+            Some(IdLookup::Versions(
+                "/contexts/.x/schemas/ids/7/versions?deleted=true".into()
+            ))
         );
         // Confluent answers with stored names: unqualified is the default context.
         assert_eq!(e.names, Namespace::default());
@@ -819,11 +1124,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            e.id_lookup.as_deref(),
-            Some("/schemas/ids/7/versions?deleted=true&subject=:.y:s")
+            e.id_lookup,
+            Some(IdLookup::Versions(
+                "/schemas/ids/7/versions?deleted=true&subject=:.y:s".into()
+            ))
         );
         assert_eq!(e.names, Namespace::default());
-        assert!(classify_str(Method::GET, "/schemas/ids/abc", Flavor::Confluent).is_err());
+        // Whether an id is a number is the registry's to say (the proxy decides who may ask).
+        let e = classify_str(Method::GET, "/schemas/ids/a%20b", Flavor::Confluent).unwrap();
+        assert_eq!(e.target, Target::SchemaId("a b".into()));
+        assert_eq!(
+            e.id_lookup,
+            Some(IdLookup::Versions(
+                "/schemas/ids/a%20b/versions?deleted=true".into()
+            ))
+        );
     }
 
     #[test]
@@ -921,15 +1236,45 @@ mod tests {
     }
 
     #[test]
-    fn apicurio_id_reads_need_read_on_every_subject() {
+    fn apicurio_id_reads_are_resolved_through_the_search_api() {
         let mut h = HeaderMap::new();
         h.insert("x-registry-groupid", "mine".parse().unwrap());
+        for (target, lookup) in [
+            (
+                "/apis/ccompat/v7/schemas/ids/42",
+                IdLookup::ApicurioCcompat("42".into()),
+            ),
+            (
+                "/apis/ccompat/v8/schemas/ids/42/schema",
+                IdLookup::ApicurioCcompat("42".into()),
+            ),
+            (
+                "/apis/registry/v3/ids/contentIds/42",
+                IdLookup::ApicurioSearch {
+                    param: "contentId",
+                    id: "42".into(),
+                },
+            ),
+            (
+                "/apis/registry/v2/ids/globalIds/42/references",
+                IdLookup::ApicurioSearch {
+                    param: "globalId",
+                    id: "42".into(),
+                },
+            ),
+        ] {
+            let e = classify_with(Method::GET, target, Flavor::Apicurio, &h).unwrap();
+            assert_eq!(
+                (e.operation, e.target, e.id_lookup),
+                (Operation::Read, Target::SchemaId("42".into()), Some(lookup)),
+                "{target}"
+            );
+        }
+        // Lists of the subjects using an id come back as bare artifact ids from every group.
         for target in [
-            "/apis/ccompat/v7/schemas/ids/42",
             "/apis/ccompat/v7/schemas/ids/42/subjects",
             "/apis/ccompat/v8/schemas/ids/42/versions",
-            "/apis/registry/v3/ids/contentIds/42",
-            "/apis/registry/v2/ids/globalIds/42",
+            "/apis/registry/v3/ids/contentHashes/abc",
         ] {
             let e = classify_with(Method::GET, target, Flavor::Apicurio, &h).unwrap();
             assert_eq!(
@@ -948,14 +1293,13 @@ mod tests {
     }
 
     #[test]
-    fn unknown_endpoints_are_denied() {
+    fn unknown_paths_are_404_and_unknown_methods_405() {
         for (m, p) in [
-            (Method::GET, "/exporters"),
-            (Method::POST, "/subjects"),
-            (Method::PATCH, "/subjects/x/versions"),
-            (Method::GET, "/dek-registry/v1/keks"),
             (Method::GET, "/apis/ccompat/v7/subjects"),
             (Method::GET, "/subjects/x/versions/1/extra"),
+            (Method::GET, "/no-such-api"),
+            (Method::GET, "/contexts/.x/associations/subjects/s"),
+            (Method::GET, "/contexts/.x/dek-registry/v1/keks"),
         ] {
             assert!(
                 matches!(
@@ -965,10 +1309,165 @@ mod tests {
                 "{m} {p}"
             );
         }
+        for (m, p) in [
+            (Method::POST, "/subjects"),
+            (Method::PATCH, "/subjects/x/versions"),
+            (Method::HEAD, "/subjects"),
+            (Method::DELETE, "/schemas/ids/1"),
+        ] {
+            assert!(
+                matches!(
+                    classify_str(m.clone(), p, Flavor::Confluent),
+                    Err(Error::MethodNotAllowed(_))
+                ),
+                "{m} {p}"
+            );
+        }
         assert!(matches!(
             classify_str(Method::GET, "/subjects", Flavor::Apicurio),
             Err(Error::UnknownEndpoint(_))
         ));
+    }
+
+    #[test]
+    fn current_confluent_endpoints_have_operation_classes() {
+        use Operation::*;
+        let global = |m: Method, p: &str, op: Operation| {
+            let e = classify_str(m.clone(), p, Flavor::Confluent).unwrap();
+            assert_eq!((e.operation, e.target), (op, Target::Global), "{m} {p}");
+        };
+        global(Method::GET, "/exporters", GlobalRead);
+        global(Method::GET, "/exporters/x/status", GlobalRead);
+        global(Method::GET, "/exporters/x", GlobalWrite);
+        global(Method::GET, "/exporters/x/config", GlobalWrite);
+        global(Method::PUT, "/exporters/x/pause", GlobalWrite);
+        global(Method::GET, "/dek-registry/v1/keks", GlobalRead);
+        global(Method::GET, "/dek-registry/v1/keks/k", GlobalRead);
+        global(Method::POST, "/dek-registry/v1/keks", GlobalWrite);
+        global(
+            Method::DELETE,
+            "/dek-registry/v1/keks/k?permanent=true",
+            GlobalWrite,
+        );
+        global(Method::GET, "/v1/metadata/deployment", GlobalRead);
+        global(Method::POST, "/associations:batchMutate", GlobalWrite);
+        let on = |m: Method, p: &str, op: Operation, subject: &str| {
+            let e = classify_str(m.clone(), p, Flavor::Confluent).unwrap();
+            assert_eq!(
+                (e.operation, e.target),
+                (op, Target::Subjects(vec![subject.into()])),
+                "{m} {p}"
+            );
+        };
+        on(
+            Method::GET,
+            "/dek-registry/v1/keks/k/deks/pay-value",
+            Read,
+            "pay-value",
+        );
+        on(
+            Method::GET,
+            "/dek-registry/v1/keks/k/deks/:.ctx:pay-value/versions/latest?algorithm=AES256_GCM",
+            Read,
+            ":.ctx:pay-value",
+        );
+        on(
+            Method::POST,
+            "/dek-registry/v1/keks/k/deks/pay-value",
+            Write,
+            "pay-value",
+        );
+        on(
+            Method::DELETE,
+            "/dek-registry/v1/keks/k/deks/pay-value/versions/1",
+            Delete,
+            "pay-value",
+        );
+        on(
+            Method::POST,
+            "/dek-registry/v1/keks/k/deks/pay-value/undelete",
+            Delete,
+            "pay-value",
+        );
+        on(
+            Method::GET,
+            "/associations/subjects/pay-value",
+            Read,
+            "pay-value",
+        );
+        on(
+            Method::POST,
+            "/subjects/pay-value/versions/1/tags",
+            Write,
+            "pay-value",
+        );
+        let e = classify_str(
+            Method::POST,
+            "/dek-registry/v1/keks/k/deks",
+            Flavor::Confluent,
+        )
+        .unwrap();
+        assert_eq!((e.operation, e.body), (Write, BodyCheck::DekCreate));
+        let e = classify_str(
+            Method::GET,
+            "/dek-registry/v1/keks/k/deks",
+            Flavor::Confluent,
+        )
+        .unwrap();
+        assert_eq!((e.target, e.filter), (Target::List, Filter::SubjectNames));
+        for p in [
+            "/associations/resources/-/orders?resourceType=topic&associationType=value",
+            "/associations/resources/lkc-1/orders",
+            "/associations/resources/topic-id-1",
+        ] {
+            let e = classify_str(Method::GET, p, Flavor::Confluent).unwrap();
+            assert_eq!(
+                (e.target, e.filter),
+                (Target::List, Filter::SubjectObjects),
+                "{p}"
+            );
+        }
+        let e = classify_str(
+            Method::POST,
+            "/associations?context=:.prod:",
+            Flavor::Confluent,
+        )
+        .unwrap();
+        assert_eq!(
+            (e.operation, e.body, e.namespace),
+            (
+                Write,
+                BodyCheck::Association,
+                Namespace(Some(".prod".into()))
+            )
+        );
+        let e = classify_str(
+            Method::PUT,
+            "/associations/resources/id-1",
+            Flavor::Confluent,
+        )
+        .unwrap();
+        assert_eq!(e.body, BodyCheck::Association);
+        let e = classify_str(
+            Method::DELETE,
+            "/associations/resources/id-1?resourceType=topic&associationType=key&associationType=value&cascadeLifecycle=true&dryRun=false",
+            Flavor::Confluent,
+        )
+        .unwrap();
+        assert_eq!(
+            e.target,
+            Target::Associated {
+                lookup: "/associations/resources/id-1?resourceType=topic&associationType=key&associationType=value".into(),
+                operations: vec![Write, Delete],
+            }
+        );
+        let e = classify_str(Method::POST, "/associations:batchGet", Flavor::Confluent).unwrap();
+        assert_eq!((e.operation, e.target), (Read, Target::EverySubject));
+        let e = classify_str(Method::GET, "/schemas/guids/5b8d-4c", Flavor::Confluent).unwrap();
+        assert_eq!((e.operation, e.target), (Read, Target::EverySubject));
+        assert!(
+            classify_str(Method::POST, "/associations?context=bad", Flavor::Confluent).is_err()
+        );
     }
 
     #[test]

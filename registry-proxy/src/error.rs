@@ -25,9 +25,13 @@ pub enum Error {
     /// client sees; it names the operation and subject, as Confluent's own ACL errors do.
     #[error("forbidden: {0}")]
     Forbidden(String),
-    /// Client: the endpoint is not in the endpoint map, so it is denied.
+    /// Client: the path is not in the endpoint map. Never forwarded; answered as a registry
+    /// without the endpoint answers (404), so clients probing optional APIs fall back.
     #[error("unknown endpoint: {0}")]
     UnknownEndpoint(String),
+    /// Client: the path is in the endpoint map, the method is not (405, as Jersey answers).
+    #[error("method not allowed: {0}")]
+    MethodNotAllowed(String),
     /// Client: the body exceeds the configured limit.
     #[error("request body over {0} bytes")]
     BodyTooLarge(usize),
@@ -71,7 +75,8 @@ impl Error {
             Self::BadRequest(_) => (StatusCode::BAD_REQUEST, 40001),
             Self::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, 40101),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, 40301),
-            Self::UnknownEndpoint(_) => (StatusCode::FORBIDDEN, 40302),
+            Self::UnknownEndpoint(_) => (StatusCode::NOT_FOUND, 404),
+            Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, 405),
             Self::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, 41301),
             Self::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, 40801),
             Self::UriTooLong(_) => (StatusCode::URI_TOO_LONG, 41401),
@@ -91,9 +96,9 @@ impl Error {
             Self::BadRequest(why) => format!("Bad request: {why}"),
             Self::Unauthenticated(_) => "Unauthorized: a valid bearer token is required".into(),
             Self::Forbidden(what) => what.clone(),
-            Self::UnknownEndpoint(_) => {
-                "Forbidden: this endpoint is not permitted through registry-proxy".into()
-            }
+            // Confluent's (Jersey's) own wording for a path or method it has no resource for.
+            Self::UnknownEndpoint(_) => "HTTP 404 Not Found".into(),
+            Self::MethodNotAllowed(_) => "HTTP 405 Method Not Allowed".into(),
             Self::BodyTooLarge(limit) => format!("Request body larger than {limit} bytes"),
             Self::BodyTimeout(_) => "Request body not received in time".into(),
             Self::UriTooLong(limit) => format!("Request target longer than {limit} bytes"),
@@ -115,12 +120,14 @@ impl Error {
     pub fn decision(&self) -> &'static str {
         match self {
             Self::BadRequest(_)
+            | Self::UnknownEndpoint(_)
+            | Self::MethodNotAllowed(_)
             | Self::BodyTooLarge(_)
             | Self::BodyTimeout(_)
             | Self::UriTooLong(_) => "refused",
             Self::Unauthenticated(_) => "unauthenticated",
             Self::RateLimited(_) => "rate_limited",
-            Self::Forbidden(_) | Self::UnknownEndpoint(_) => "deny",
+            Self::Forbidden(_) => "deny",
             _ => "error",
         }
     }

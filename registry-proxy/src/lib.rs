@@ -1,6 +1,10 @@
 //! registry-proxy: an OIDC-authenticated, per-subject-authorized, audited HTTP proxy for
 //! schema registries (Confluent Schema Registry, Karapace, Apicurio Registry).
 //!
+//! The proxy decides who may do what; the registry decides everything else: a permitted
+//! request gets the registry's own answer, byte for byte unless a list is filtered, and the
+//! few places the proxy answers differently are listed in `docs/registry-proxy.md`.
+//!
 //! How a request flows, and where each step lives:
 //!
 //! 0. [`server`]: accepts connections within the global and per-address caps, times out idle
@@ -13,9 +17,14 @@
 //!    remembering validated and refused tokens and rate-limiting signature checks per
 //!    client ([`auth::limit`]), and builds the `shared::principal::Principal`.
 //! 4. [`endpoints`]: the endpoint map: method + canonical path -> operation class and
-//!    canonical, context-qualified subjects. Unknown endpoints are denied.
+//!    canonical, context-qualified subjects (Confluent's subjects, schemas, config, mode,
+//!    contexts, associations, DEK registry and exporters; Apicurio's ccompat and native APIs).
+//!    Unknown endpoints are answered 404 (405 for a known path's other methods), never forwarded.
 //! 5. [`authz`]: evaluates the policy (`shared::policy`, reloaded from `policies/`), including
-//!    grants implied by the body (schema references, config `alias`) and reads by schema id.
+//!    grants implied by the body (schema references, config `alias`, association subjects, a
+//!    DEK's subject; a body it cannot read needs the grant on every subject), reads by schema id
+//!    (the subjects using an id are asked of the registry: Confluent's id versions, Apicurio's
+//!    search API) and associations to delete (asked of the registry first).
 //! 6. [`cache`]: schema-by-id responses and id -> subjects lookups.
 //! 7. [`upstream`]: forwards with the proxy's own credentials and an allowlist of headers,
 //!    reading answers up to a size limit.

@@ -2,9 +2,10 @@
 //!
 //! reserve the audit record's place (or refuse 503) -> refuse overlong targets and method
 //! overrides -> canonicalize (dropping any `access_token` parameter) -> authenticate (one
-//! `Authorization` header) -> classify -> read body (bounded in size and time) -> authorize
-//! (ids looked up upstream, cached) -> serve from cache or forward -> check the answer
-//! concerns the authorized subject -> filter lists -> respond. An upstream 5xx body is
+//! `Authorization` header) -> classify (unknown: 404/405, not forwarded) -> read body (bounded
+//! in size and time) -> authorize (ids and associations looked up upstream, id lookups cached)
+//! -> serve from cache or forward -> check the answer concerns the authorized subject ->
+//! filter lists (unless the caller may read every subject) -> respond. An upstream 5xx body is
 //! replaced by a fixed Confluent-shaped error; the original goes to the log. Every path out of
 //! [`handle`] writes exactly one audit record, including a client disconnecting mid-request
 //! (`aborted`, written when the request future is dropped).
@@ -24,7 +25,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
-use shared::{policy::PolicyStore, principal::Principal};
+use shared::{
+    policy::{Operation, PolicySet, PolicyStore},
+    principal::Principal,
+};
 
 use crate::{
     audit::{Audit, AuditRecord, Slot, rfc3339_now},
@@ -33,7 +37,7 @@ use crate::{
     cache::{CachedResponse, Caches},
     canonical::CanonicalRequest,
     config::{Config, Mode},
-    endpoints::{self, Endpoint, SubjectCheck, Target},
+    endpoints::{self, Endpoint, IdLookup, SubjectCheck, Target},
     error::{Error, confluent_error},
     filter,
     metrics::Metrics,
@@ -236,38 +240,62 @@ async fn process(
     match &endpoint.target {
         Target::Subjects(s) => record.subjects = s.clone(),
         Target::EverySubject => record.subjects = vec!["*".into()],
-        Target::SchemaId(_) | Target::List | Target::Global => {}
+        Target::SchemaId(_) | Target::List | Target::Global | Target::Associated { .. } => {}
     }
 
     let body = read_body(body, &state.config).await?;
-    let needs = authz::requirements(&endpoint, &body)?;
-    for (_, s) in &needs {
+    let mut needs = authz::requirements(&endpoint, &body);
+    let policy = state.policy.current();
+    if let Target::Associated { lookup, operations } = &endpoint.target {
+        let subjects =
+            match associated_subjects(state, &endpoint, lookup, &principal, record).await? {
+                Ok(subjects) => subjects,
+                Err(answer) => return Ok(answer),
+            };
+        if subjects.is_empty() {
+            // Nothing to authorize and nothing to delete: the registry says so in its words.
+            record.reason = Some("no associations for the resource; forwarded".into());
+        }
+        for s in subjects {
+            for op in operations {
+                needs.grants.push((*op, s.clone()));
+            }
+        }
+    }
+    for (_, s) in &needs.grants {
         if !record.subjects.contains(s) {
             record.subjects.push(s.clone());
         }
     }
+    if !needs.everywhere.is_empty() && !record.subjects.iter().any(|s| s == "*") {
+        record.subjects.push("*".into());
+    }
 
-    let policy = state.policy.current();
     let outcome = match &endpoint.target {
         Target::SchemaId(id) => {
-            let subjects =
-                match id_subjects(state, &endpoint, &parts.headers, &principal, record).await? {
-                    Ok(subjects) => subjects,
-                    Err(not_found) => {
-                        record.decision = "not_found";
-                        record.reason = Some("schema id not found upstream".into());
-                        return Ok(not_found);
-                    }
-                };
-            record.subjects = subjects.to_vec();
-            authz::decide_by_id(&policy.registry, &principal, id, &subjects)
+            decide_by_id(
+                state,
+                &endpoint,
+                id,
+                &parts.headers,
+                &principal,
+                &policy,
+                record,
+            )
+            .await?
         }
+        Target::Associated { .. } if needs.grants.is_empty() => Outcome::Permit(vec![]),
         _ => authz::decide(&policy.registry, &principal, &endpoint, &needs),
     };
     match outcome {
         Outcome::Permit(rules) => {
             record.decision = "permit";
-            record.rule_id = Some(rules.join(","));
+            record.rule_id = (!rules.is_empty()).then(|| rules.join(","));
+            if let Some(why) = &needs.unreadable {
+                record.reason = Some(format!(
+                    "{why}; permitted by a rule over every subject, the registry answers"
+                ));
+            }
         }
         Outcome::Filtered => {
             record.decision = "permit";
@@ -356,15 +384,17 @@ async fn process(
         return Ok(refused);
     }
     let mut body = upstream.body;
-    if (200..300).contains(&upstream.status) && endpoint.filter != endpoints::Filter::None {
+    // A caller who may read every subject gets the registry's answer as it is.
+    let reads_everything =
+        authz::everywhere_rule(&policy.registry, &principal, Operation::Read).is_some();
+    if (200..300).contains(&upstream.status)
+        && endpoint.filter != endpoints::Filter::None
+        && !reads_everything
+    {
         let mut json: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|e| Error::Upstream(format!("list response is not JSON: {e}")))?;
         let registry = &policy.registry;
-        let can_read = |s: &str| {
-            registry
-                .check(&principal, shared::policy::Operation::Read, s)
-                .is_permit()
-        };
+        let can_read = |s: &str| registry.check(&principal, Operation::Read, s).is_permit();
         filter::filter_body(endpoint.filter, &endpoint.names, &mut json, &can_read)
             .map_err(Error::Upstream)?;
         body = Bytes::from(serde_json::to_vec(&json).map_err(|e| Error::Upstream(e.to_string()))?);
@@ -414,27 +444,100 @@ fn cache_key(path: &str, headers: &HeaderMap) -> String {
     }
 }
 
-/// The subjects using an endpoint's schema id, from the cache or the upstream. The inner
-/// `Err` is a response to send as-is (the id does not exist).
+/// The decision on a read by schema id. A caller who may read every subject is permitted
+/// whatever the id: the registry's answer is theirs to see (a 404 `40403` for an id nothing
+/// uses, the registry's own answer for one that is not a number); the lookup then only names
+/// the subjects in the audit record. Anyone else may read the id when they may read a
+/// subject using it, asked of the registry (and cached); an id that is not a number, that the
+/// registry does not know, or that only other subjects use is one answer, a 403, so that the
+/// refusal tells nothing about other teams' subjects.
+async fn decide_by_id(
+    state: &AppState,
+    endpoint: &Endpoint,
+    id: &str,
+    headers: &HeaderMap,
+    principal: &Principal,
+    policy: &PolicySet,
+    record: &mut AuditRecord,
+) -> Result<Outcome, Error> {
+    let everywhere = authz::everywhere_rule(&policy.registry, principal, Operation::Read);
+    let numeric = !id.is_empty() && id.len() <= 10 && id.bytes().all(|b| b.is_ascii_digit());
+    let subjects = if !numeric {
+        None
+    } else {
+        match id_subjects(state, endpoint, headers, principal, record).await {
+            Ok(subjects) => subjects,
+            // The lookup only names the subjects for the audit record of such a caller.
+            Err(e) if everywhere.is_some() => {
+                tracing::debug!(request_id = %record.request_id, error = %e, "id lookup failed");
+                None
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    if let Some(rule) = everywhere {
+        record.subjects = match &subjects {
+            Some(s) if !s.is_empty() => s.to_vec(),
+            _ => vec!["*".into()],
+        };
+        return Ok(Outcome::Permit(vec![rule.to_owned()]));
+    }
+    let (subjects, nothing_because) = match subjects {
+        Some(subjects) => (subjects, None),
+        None if numeric => (Arc::default(), Some("the registry does not know the id")),
+        None => (Arc::default(), Some("the id is not a number")),
+    };
+    record.subjects = subjects.to_vec();
+    Ok(
+        match authz::decide_by_id(&policy.registry, principal, id, &subjects) {
+            Outcome::Deny { message, missing } => Outcome::Deny {
+                message,
+                missing: match nothing_because {
+                    Some(why) => format!("{missing}: {why}"),
+                    None => missing,
+                },
+            },
+            other => other,
+        },
+    )
+}
+
+/// The subjects using an endpoint's schema id, from the cache or the upstream; `None` when
+/// the registry does not know the id.
 async fn id_subjects(
     state: &AppState,
     endpoint: &Endpoint,
     headers: &HeaderMap,
     principal: &Principal,
     record: &AuditRecord,
-) -> Result<Result<Arc<Vec<String>>, Response>, Error> {
-    let lookup = endpoint
-        .id_lookup
-        .as_deref()
-        .ok_or_else(|| Error::Upstream("no id lookup for endpoint".into()))?;
-    let key = cache_key(lookup, headers);
+) -> Result<Option<Arc<Vec<String>>>, Error> {
+    let (lookup, apicurio) = match &endpoint.id_lookup {
+        Some(IdLookup::Versions(path)) => (path.clone(), false),
+        Some(IdLookup::ApicurioSearch { param, id }) => (apicurio_search(param, id), true),
+        Some(IdLookup::ApicurioCcompat(id)) => {
+            let param = if state.config.apicurio_legacy_id_mode {
+                "globalId"
+            } else {
+                "contentId"
+            };
+            (apicurio_search(param, id), true)
+        }
+        None => return Err(Error::Upstream("no id lookup for endpoint".into())),
+    };
+    let lookup = lookup.as_str();
+    // The search spans groups: its answer does not depend on the request's group header.
+    let key = if apicurio {
+        lookup.to_owned()
+    } else {
+        cache_key(lookup, headers)
+    };
     if let Some(hit) = state.caches.id_subjects.get(&key) {
         state
             .metrics
             .cache
             .with_label_values(&["id_subjects", "hit"])
             .inc();
-        return Ok(Ok(hit));
+        return Ok(Some(hit));
     }
     state
         .metrics
@@ -442,7 +545,9 @@ async fn id_subjects(
         .with_label_values(&["id_subjects", "miss"])
         .inc();
     let mut lookup_headers = json_accept();
-    if let Some(g) = headers.get("x-registry-groupid") {
+    if let Some(g) = headers.get("x-registry-groupid")
+        && !apicurio
+    {
         lookup_headers.insert("x-registry-groupid", g.clone());
     }
     let answer = state
@@ -460,18 +565,69 @@ async fn id_subjects(
         .await?;
     match answer.status {
         200 => {
-            let subjects = Arc::new(authz::subjects_of(&answer.body, &endpoint.names)?);
-            state.caches.id_subjects.insert(key, subjects.clone());
-            Ok(Ok(subjects))
+            let subjects = if apicurio {
+                authz::apicurio_subjects_of(&answer.body)?
+            } else {
+                authz::subjects_of(&answer.body, &endpoint.names)?
+            };
+            // Apicurio's search answers an unknown id with no versions, not a 404.
+            let subjects = (!subjects.is_empty() || !apicurio).then(|| Arc::new(subjects));
+            if let Some(subjects) = &subjects {
+                state.caches.id_subjects.insert(key, subjects.clone());
+            }
+            Ok(subjects)
         }
-        404 => Ok(Err(confluent_error(
-            StatusCode::NOT_FOUND,
-            40403,
-            "Schema not found",
-        ))),
+        404 => Ok(None),
         other => Err(Error::Upstream(format!("id lookup answered {other}"))),
     }
 }
+
+/// The subjects a resource is associated with now, asked of the registry with the request's
+/// selection (`resourceType`, `associationType`). The inner `Err` is the registry's answer to
+/// send instead, when the lookup itself is refused.
+async fn associated_subjects(
+    state: &AppState,
+    endpoint: &Endpoint,
+    lookup: &str,
+    principal: &Principal,
+    record: &mut AuditRecord,
+) -> Result<Result<Vec<String>, Response>, Error> {
+    let answer = state
+        .upstream
+        .send(
+            "association lookup",
+            http::Method::GET,
+            lookup,
+            &json_accept(),
+            Bytes::new(),
+            None,
+            principal,
+            &record.request_id,
+        )
+        .await?;
+    record.upstream_status = Some(answer.status);
+    if answer.status >= 500 {
+        return Ok(Err(upstream_error(answer.status, &answer.body, record)));
+    }
+    if answer.status != 200 {
+        return Ok(Err(respond(
+            answer.status,
+            answer.content_type,
+            answer.body,
+        )));
+    }
+    Ok(Ok(authz::subjects_of(&answer.body, &endpoint.names)?))
+}
+
+/// Apicurio 3's search for the versions whose `param` (`contentId`, `globalId`) is `id`: exact
+/// (group, artifact) pairs. The id is a number (checked before any lookup).
+fn apicurio_search(param: &str, id: &str) -> String {
+    format!("/apis/registry/v3/search/versions?{param}={id}&limit={APICURIO_SEARCH_LIMIT}")
+}
+
+/// Versions asked for per id lookup. An id used by more versions than this is authorized on the
+/// first ones only, which can refuse a caller but never permit one wrongly.
+const APICURIO_SEARCH_LIMIT: u32 = 1000;
 
 fn json_accept() -> HeaderMap {
     let mut headers = HeaderMap::new();

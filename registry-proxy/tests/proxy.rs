@@ -765,6 +765,10 @@ mod bypass {
         Unauthenticated,
         /// 403, `deny`.
         Denied,
+        /// 404 in the registry's shape, `refused`: not in the endpoint map, never forwarded.
+        NotFound,
+        /// 405 in the registry's shape, `refused`: a known path with another method.
+        MethodNotAllowed,
         /// The same status and decision as this canonical request.
         SameAs(&'static str, &'static str),
     }
@@ -962,7 +966,18 @@ mod bypass {
             ),
             ("//subjects/payments-value/versions", Expect::Refused),
             ("/subjects//versions", Expect::Refused),
-            ("/subjects/payments-value/versions/", Expect::Refused),
+            (
+                "/subjects/payments-value/versions/",
+                Expect::SameAs("GET", "/subjects/payments-value/versions"),
+            ),
+            (
+                "/config/payments-value/",
+                Expect::SameAs("GET", "/config/payments-value"),
+            ),
+            ("/subjects/orders-value/versions/", Expect::Denied),
+            ("/subjects/payments-value/versions//", Expect::Refused),
+            ("/subjects/payments-value//versions/", Expect::Refused),
+            ("/subjects/payments-value/versions/./", Expect::Refused),
             ("/subjects/payments-value/./versions", Expect::Refused),
             ("/subjects/payments-value%252Fversions", Expect::Refused),
             ("/subjects/payments-value%2Fversions", Expect::Refused),
@@ -1026,6 +1041,14 @@ mod bypass {
             ("/subjects?Deleted=true", Expect::Refused),
             ("/exporters", Expect::Denied),
             ("/dek-registry/v1/keks", Expect::Denied),
+            ("/dek-registry/v1/keks/k/deks/orders-value", Expect::Denied),
+            ("/associations/subjects/orders-value", Expect::Denied),
+            ("/no-such-api", Expect::NotFound),
+            (
+                "/subjects/payments-value/versions/1/extra",
+                Expect::NotFound,
+            ),
+            ("/contexts/.ctx/exporters", Expect::NotFound),
         ] {
             cases.push(o(path, expect));
         }
@@ -1120,7 +1143,7 @@ mod bypass {
             target.into(),
             bearer(&owner),
             Some(SCHEMA),
-            Expect::Denied,
+            Expect::MethodNotAllowed,
         ));
         cases.push((
             "HEAD".into(),
@@ -1128,7 +1151,23 @@ mod bypass {
             "/subjects".into(),
             bearer(&owner),
             None,
-            Expect::Denied,
+            Expect::MethodNotAllowed,
+        ));
+        cases.push((
+            "POST to a GET-only path".into(),
+            "POST",
+            "/schemas/ids/1".into(),
+            bearer(&owner),
+            Some(SCHEMA),
+            Expect::MethodNotAllowed,
+        ));
+        cases.push((
+            "unknown endpoint without a token".into(),
+            "GET",
+            "/no-such-api".into(),
+            vec![],
+            None,
+            Expect::Unauthenticated,
         ));
         cases.push((
             "alias to a foreign subject".into(),
@@ -1139,12 +1178,52 @@ mod bypass {
             Expect::Denied,
         ));
         cases.push((
-            "alias given twice".into(),
+            "alias given twice (read either way by different parsers)".into(),
             "PUT",
             "/config/payments-value".into(),
             bearer(&owner),
             Some(r#"{"alias":"payments-x","alias":"orders-value"}"#),
-            Expect::Refused,
+            Expect::Denied,
+        ));
+        cases.push((
+            "references given twice".into(),
+            "POST",
+            target.into(),
+            bearer(&owner),
+            Some(r#"{"schema":"\"string\"","references":[],"references":[{"name":"o","subject":"orders-value","version":1}]}"#),
+            Expect::Denied,
+        ));
+        cases.push((
+            "references that are not JSON the proxy reads".into(),
+            "POST",
+            target.into(),
+            bearer(&owner),
+            Some(r#"{"schema":"\"string\"","references":[{"name":"o","subject":"orders-value","version":1}]} trailing"#),
+            Expect::Denied,
+        ));
+        cases.push((
+            "a DEK for a foreign subject".into(),
+            "POST",
+            "/dek-registry/v1/keks/k/deks".into(),
+            bearer(&owner),
+            Some(r#"{"subject":"orders-value","algorithm":"AES256_GCM"}"#),
+            Expect::Denied,
+        ));
+        cases.push((
+            "an association to a foreign subject".into(),
+            "POST",
+            "/associations".into(),
+            bearer(&owner),
+            Some(r#"{"resourceName":"orders","resourceNamespace":"-","resourceType":"topic","associations":[{"subject":"orders-value","associationType":"value"}]}"#),
+            Expect::Denied,
+        ));
+        cases.push((
+            "an association whose subject the registry would choose".into(),
+            "POST",
+            "/associations".into(),
+            bearer(&owner),
+            Some(r#"{"resourceName":"payments","resourceNamespace":"-","associations":[{"associationType":"value","lifecycle":"STRONG"}]}"#),
+            Expect::Denied,
         ));
         cases.push(("reference to a foreign subject".into(), "POST", target.into(), bearer(&owner), Some(r#"{"schema":"\"string\"","references":[{"name":"o","subject":"orders-value","version":1}]}"#), Expect::Denied));
         cases.push(("reference into another context".into(), "POST", target.into(), bearer(&owner), Some(r#"{"schema":"\"string\"","references":[{"name":"o","subject":":.other:payments-value","version":1}]}"#), Expect::Denied));
@@ -1174,6 +1253,30 @@ mod bypass {
                 Expect::Denied => {
                     assert_eq!((status, decision.as_str()), (403, "deny"), "{name}: {resp}")
                 }
+                Expect::NotFound => {
+                    assert_eq!(
+                        (status, decision.as_str(), &resp),
+                        (
+                            404,
+                            "refused",
+                            &json!({"error_code": 404, "message": "HTTP 404 Not Found"})
+                        ),
+                        "{name}"
+                    );
+                    assert_eq!(
+                        record["upstream_status"],
+                        Value::Null,
+                        "{name}: not forwarded"
+                    );
+                }
+                Expect::MethodNotAllowed => {
+                    assert_eq!((status, decision.as_str()), (405, "refused"), "{name}");
+                    assert_eq!(
+                        record["upstream_status"],
+                        Value::Null,
+                        "{name}: not forwarded"
+                    );
+                }
                 Expect::SameAs(m, canonical) => {
                     let (c_status, _, c_record) =
                         exchange(&stack, m, canonical, &headers, *body).await;
@@ -1194,8 +1297,9 @@ mod bypass {
                     resp["error_code"].is_number() && resp["message"].is_string(),
                     "{name}: not the Confluent shape: {resp}"
                 );
+                // The registry's own answers to permitted requests are the registry's to explain.
                 assert!(
-                    record["reason"].is_string(),
+                    record["reason"].is_string() || record["decision"] == "permit",
                     "{name}: refusal without a reason: {record}"
                 );
                 let message = resp["message"].as_str().unwrap();
@@ -1332,12 +1436,63 @@ mod behaviour {
             (403, Some("deny")),
             "the cache never skips authorization"
         );
-        let (status, body, missing) =
-            as_principal(&stack, &tokens.owner, "GET", "/schemas/ids/99", &[], None).await;
+    }
+
+    #[tokio::test]
+    async fn unknown_ids_are_the_registrys_answer_to_readers_of_everything_and_a_refusal_to_others()
+    {
+        let stack = Stack::start(Flavor::Confluent).await;
+        let tokens = Tokens::new(&stack);
+        seed(&stack, &tokens).await;
+        // Direct, the registry answers these itself.
+        for id in ["99", "abc", "-1", "99999999999"] {
+            let direct = stack
+                .http
+                .get(format!("{}/schemas/ids/{id}", stack.registry))
+                .send()
+                .await
+                .unwrap();
+            let direct_status = direct.status().as_u16();
+            let direct_body: Value = direct.json().await.unwrap();
+            let target = format!("/schemas/ids/{id}");
+            let (status, body, record) =
+                as_principal(&stack, &tokens.admin, "GET", &target, &[], None).await;
+            assert_eq!(
+                (status, &body),
+                (direct_status, &direct_body),
+                "{id}: a reader of every subject gets the registry's answer"
+            );
+            assert_eq!(record["decision"], "permit", "{record}");
+            // Owners of some subjects get one answer for an id nobody uses, one that is not a
+            // number, and one only other teams' subjects use (id 4): nothing to tell apart.
+            let (status, body, record) =
+                as_principal(&stack, &tokens.owner, "GET", &target, &[], None).await;
+            assert_eq!(status, 403, "{id}: {body}");
+            assert_eq!(
+                body["message"],
+                format!("User olivia is denied operation read on schema id {id}")
+            );
+            assert_eq!(record["decision"], "deny");
+        }
+        let (status, foreign, _) =
+            as_principal(&stack, &tokens.owner, "GET", "/schemas/ids/4", &[], None).await;
         assert_eq!(
-            (status, &body["error_code"], missing["decision"].as_str()),
-            (404, &json!(40403), Some("not_found"))
+            (status, foreign["message"].as_str()),
+            (
+                403,
+                Some("User olivia is denied operation read on schema id 4")
+            )
         );
+        let (status, body, _) = as_principal(
+            &stack,
+            &tokens.admin,
+            "GET",
+            "/schemas/ids/99/versions",
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!((status, &body["error_code"]), (404, &json!(40403)));
     }
 
     #[tokio::test]
@@ -1594,17 +1749,319 @@ mod upstream_answers {
     }
 
     #[tokio::test]
-    async fn apicurio_reads_by_id_need_read_on_every_subject() {
-        // Apicurio 3's ccompat answers id lookups with bare artifact ids from every group,
-        // whatever X-Registry-GroupId says: id 42 belongs to `card` in group `secret`.
+    async fn associations_are_read_filtered_and_written_per_subject() {
+        const BOTH: &str = r#"[{"subject":"orders-value","resourceName":"orders","resourceNamespace":"lkc-1","resourceType":"topic","associationType":"value","lifecycle":"WEAK","frozen":false},{"subject":"payments-value","resourceName":"orders","resourceNamespace":"lkc-1","resourceType":"topic","associationType":"value","lifecycle":"WEAK","frozen":false}]"#;
+        let (stack, seen) = scripted_stack(
+            Flavor::Confluent,
+            &[
+                (
+                    "GET",
+                    "/associations/resources/-/orders?resourceType=topic&associationType=value",
+                    200,
+                    BOTH,
+                ),
+                (
+                    "GET",
+                    "/associations/resources/-/payments?resourceType=topic&associationType=value",
+                    404,
+                    r#"{"error_code":404,"message":"HTTP 404 Not Found"}"#,
+                ),
+                ("POST", "/associations", 200, r#"{"resourceName":"payments"}"#),
+                (
+                    "GET",
+                    "/associations/resources/topic-1?resourceType=topic",
+                    200,
+                    r#"[{"subject":"orders-value","associationType":"value"}]"#,
+                ),
+                (
+                    "GET",
+                    "/associations/resources/topic-2?resourceType=topic",
+                    200,
+                    r#"[{"subject":"payments-value","associationType":"value"},{"subject":"payments-key","associationType":"key"}]"#,
+                ),
+                (
+                    "GET",
+                    "/associations/resources/topic-3?resourceType=topic",
+                    200,
+                    "[]",
+                ),
+                (
+                    "DELETE",
+                    "/associations/resources/topic-2?resourceType=topic",
+                    204,
+                    "",
+                ),
+                (
+                    "DELETE",
+                    "/associations/resources/topic-2?resourceType=topic&cascadeLifecycle=true",
+                    204,
+                    "",
+                ),
+                (
+                    "DELETE",
+                    "/associations/resources/topic-3?resourceType=topic",
+                    404,
+                    r#"{"error_code":40413,"message":"Association for resource topic-3 not found"}"#,
+                ),
+            ],
+        )
+        .await;
+        let tokens = Tokens::new(&stack);
+        let superuser = stack.idp.token("sam", &["superusers"]);
+        let outsider_admin = stack.idp.token("adam", &["admins"]);
+
+        // What confluent-kafka 2.16's serializers ask first: filtered to readable subjects.
+        let target = "/associations/resources/-/orders?resourceType=topic&associationType=value";
+        let (status, body, record) =
+            as_principal(&stack, &tokens.owner, "GET", target, &[], None).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            body.as_array()
+                .unwrap()
+                .iter()
+                .map(|a| &a["subject"])
+                .collect::<Vec<_>>(),
+            [&json!("payments-value")]
+        );
+        assert_eq!(record["decision"], "permit");
+        let (status, body, _) = as_principal(&stack, &superuser, "GET", target, &[], None).await;
+        assert_eq!(
+            (status, body),
+            (200, serde_json::from_str::<Value>(BOTH).unwrap())
+        );
+        // A registry without the API answers 404, and the serializer falls back: so must we.
+        let (status, body, _) = as_principal(
+            &stack,
+            &tokens.owner,
+            "GET",
+            "/associations/resources/-/payments?resourceType=topic&associationType=value",
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!((status, &body["error_code"]), (404, &json!(404)));
+
+        // Creating: `write` on every subject named.
+        let create = |subject: &str| {
+            format!(
+                r#"{{"resourceName":"payments","resourceNamespace":"lkc-1","resourceType":"topic","associations":[{{"subject":"{subject}","associationType":"value","lifecycle":"WEAK"}}]}}"#
+            )
+        };
+        let (status, _, _) = as_principal(
+            &stack,
+            &tokens.owner,
+            "POST",
+            "/associations",
+            &[],
+            Some(&create("payments-value")),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let (status, body, record) = as_principal(
+            &stack,
+            &tokens.owner,
+            "POST",
+            "/associations",
+            &[],
+            Some(&create("orders-value")),
+        )
+        .await;
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(record["subjects"], json!(["orders-value"]));
+
+        // Deleting: `write` on each subject the resource is associated with now, and `delete`
+        // when the lifecycle cascades (a strong association's subject goes with it).
+        let (status, _, record) = as_principal(
+            &stack,
+            &tokens.owner,
+            "DELETE",
+            "/associations/resources/topic-1?resourceType=topic",
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, record["subjects"].clone()),
+            (403, json!(["orders-value"]))
+        );
+        let (status, _, record) = as_principal(
+            &stack,
+            &tokens.owner,
+            "DELETE",
+            "/associations/resources/topic-2?resourceType=topic",
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(status, 204, "{record}");
+        assert_eq!(
+            record["subjects"],
+            json!(["payments-value", "payments-key"])
+        );
+        let (status, _, record) = as_principal(
+            &stack,
+            &outsider_admin,
+            "DELETE",
+            "/associations/resources/topic-2?resourceType=topic&cascadeLifecycle=true",
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!((status, record["operation"].as_str()), (403, Some("write")));
+        let (status, _, _) = as_principal(
+            &stack,
+            &tokens.owner,
+            "DELETE",
+            "/associations/resources/topic-2?resourceType=topic&cascadeLifecycle=true",
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(status, 204);
+        // No association: nothing to authorize, the registry answers.
+        let (status, body, _) = as_principal(
+            &stack,
+            &tokens.owner,
+            "DELETE",
+            "/associations/resources/topic-3?resourceType=topic",
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!((status, &body["error_code"]), (404, &json!(40413)));
+        let deletes: Vec<String> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.starts_with("DELETE"))
+            .cloned()
+            .collect();
+        assert_eq!(
+            deletes,
+            [
+                "DELETE /associations/resources/topic-2?resourceType=topic",
+                "DELETE /associations/resources/topic-2?resourceType=topic&cascadeLifecycle=true",
+                "DELETE /associations/resources/topic-3?resourceType=topic",
+            ],
+            "refused deletes never reach the registry"
+        );
+    }
+
+    #[tokio::test]
+    async fn deks_belong_to_the_subject_they_encrypt() {
         let (stack, _) = scripted_stack(
+            Flavor::Confluent,
+            &[
+                (
+                    "GET",
+                    "/dek-registry/v1/keks/k1/deks/payments-value?algorithm=AES256_GCM",
+                    200,
+                    r#"{"kekName":"k1","subject":"payments-value","version":1}"#,
+                ),
+                (
+                    "GET",
+                    "/dek-registry/v1/keks/k1/deks",
+                    200,
+                    r#"["orders-value","payments-value"]"#,
+                ),
+                (
+                    "POST",
+                    "/dek-registry/v1/keks/k1/deks",
+                    200,
+                    r#"{"kekName":"k1","subject":"payments-value","version":1}"#,
+                ),
+                ("GET", "/dek-registry/v1/keks/k1", 200, r#"{"name":"k1"}"#),
+            ],
+        )
+        .await;
+        let tokens = Tokens::new(&stack);
+        let target = "/dek-registry/v1/keks/k1/deks/payments-value?algorithm=AES256_GCM";
+        let (status, _, _) = as_principal(&stack, &tokens.owner, "GET", target, &[], None).await;
+        assert_eq!(status, 200);
+        let (status, _, record) =
+            as_principal(&stack, &tokens.outsider, "GET", target, &[], None).await;
+        assert_eq!((status, record["operation"].as_str()), (403, Some("read")));
+        let (_, body, _) = as_principal(
+            &stack,
+            &tokens.owner,
+            "GET",
+            "/dek-registry/v1/keks/k1/deks",
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(body, json!(["payments-value"]));
+        for (subject, want) in [("payments-value", 200), ("orders-value", 403)] {
+            let (status, body, _) = as_principal(
+                &stack,
+                &tokens.owner,
+                "POST",
+                "/dek-registry/v1/keks/k1/deks",
+                &[],
+                Some(&format!(
+                    r#"{{"subject":"{subject}","algorithm":"AES256_GCM"}}"#
+                )),
+            )
+            .await;
+            assert_eq!(status, want, "{subject}: {body}");
+        }
+        // A KEK is registry configuration.
+        let (status, _, record) = as_principal(
+            &stack,
+            &tokens.owner,
+            "GET",
+            "/dek-registry/v1/keks/k1",
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, record["operation"].as_str()),
+            (403, Some("global_read"))
+        );
+        let (status, _, _) = as_principal(
+            &stack,
+            &tokens.admin,
+            "GET",
+            "/dek-registry/v1/keks/k1",
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+
+    #[tokio::test]
+    async fn apicurio_reads_by_id_resolve_to_exact_groups_through_search() {
+        // Apicurio 3's ccompat answers id lookups with bare artifact ids from every group,
+        // whatever X-Registry-GroupId says; its search API names (group, artifact) exactly.
+        // Content id 42 is `card` in group `secret`; content id 43 is `card` in group `mine`.
+        let (stack, seen) = scripted_stack(
             Flavor::Apicurio,
             &[
                 (
                     "GET",
-                    "/apis/ccompat/v7/schemas/ids/42/versions?deleted=true",
+                    "/apis/registry/v3/search/versions?contentId=42&limit=1000",
                     200,
-                    r#"[{"subject":"card","version":1}]"#,
+                    r#"{"versions":[{"groupId":"secret","artifactId":"card","version":"1","globalId":7,"contentId":42}],"count":1}"#,
+                ),
+                (
+                    "GET",
+                    "/apis/registry/v3/search/versions?contentId=43&limit=1000",
+                    200,
+                    r#"{"versions":[{"groupId":"mine","artifactId":"card","version":"1","globalId":8,"contentId":43}],"count":1}"#,
+                ),
+                (
+                    "GET",
+                    "/apis/registry/v3/search/versions?contentId=44&limit=1000",
+                    200,
+                    r#"{"versions":[],"count":0}"#,
+                ),
+                (
+                    "GET",
+                    "/apis/registry/v3/search/versions?globalId=8&limit=1000",
+                    200,
+                    r#"{"versions":[{"groupId":"mine","artifactId":"card","version":"1","globalId":8,"contentId":43}],"count":1}"#,
                 ),
                 (
                     "GET",
@@ -1614,15 +2071,27 @@ mod upstream_answers {
                 ),
                 (
                     "GET",
+                    "/apis/ccompat/v7/schemas/ids/43",
+                    200,
+                    r#"{"schema":"\"int\""}"#,
+                ),
+                (
+                    "GET",
                     "/apis/ccompat/v7/schemas/ids/42/subjects",
                     200,
                     r#"["card"]"#,
                 ),
                 (
                     "GET",
-                    "/apis/registry/v3/ids/contentIds/42",
+                    "/apis/registry/v3/ids/contentIds/43",
                     200,
-                    r#""string""#,
+                    r#""int""#,
+                ),
+                (
+                    "GET",
+                    "/apis/registry/v3/ids/globalIds/8",
+                    200,
+                    r#""int""#,
                 ),
                 ("GET", "/apis/registry/v3/admin/export", 200, r#""zip""#),
             ],
@@ -1632,27 +2101,84 @@ mod upstream_answers {
         let auditor = stack.idp.token("aude", &["auditors"]);
         let admin = stack.idp.token("adam", &["admins"]);
         let group = [("X-Registry-GroupId", "mine")];
-        for target in [
+        // Another group's content: refused, whichever group header is sent.
+        let (status, body, record) = as_principal(
+            &stack,
+            &mine,
+            "GET",
             "/apis/ccompat/v7/schemas/ids/42",
-            "/apis/ccompat/v7/schemas/ids/42/subjects",
+            &group,
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, record["decision"].as_str()),
+            (403, Some("deny")),
+            "{body}"
+        );
+        assert_eq!(record["subjects"], json!([":.secret:card"]));
+        // Its own group's content: permitted, and the audit record names the artifact.
+        let (status, body, record) = as_principal(
+            &stack,
+            &mine,
+            "GET",
+            "/apis/ccompat/v7/schemas/ids/43",
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!((status, &body["schema"]), (200, &json!("\"int\"")));
+        assert_eq!(record["subjects"], json!([":.mine:card"]));
+        // Unknown to the search: the same refusal as another group's.
+        let (status, body, _) = as_principal(
+            &stack,
+            &mine,
+            "GET",
+            "/apis/ccompat/v7/schemas/ids/44",
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(
+            (status, body["message"].as_str()),
+            (
+                403,
+                Some("User mia is denied operation read on schema id 44")
+            )
+        );
+        // Native reads by content or global id, the same way.
+        for target in [
+            "/apis/registry/v3/ids/contentIds/43",
+            "/apis/registry/v3/ids/globalIds/8",
         ] {
-            let (status, body, record) =
-                as_principal(&stack, &mine, "GET", target, &group, None).await;
-            assert_eq!(
-                (status, record["decision"].as_str()),
-                (403, Some("deny")),
-                "{target}: {body}"
-            );
-            assert_eq!(record["subjects"], json!(["*"]), "{target}");
-            let (status, body, _) = as_principal(&stack, &admin, "GET", target, &group, None).await;
-            assert_eq!(status, 200, "{target}: {body}");
+            let (status, _, record) = as_principal(&stack, &mine, "GET", target, &[], None).await;
+            assert_eq!(status, 200, "{target}: {record}");
         }
-        // Native content by id: `read` on every subject; global_read is not enough.
-        let target = "/apis/registry/v3/ids/contentIds/42";
-        let (status, _, record) = as_principal(&stack, &auditor, "GET", target, &[], None).await;
-        assert_eq!((status, record["operation"].as_str()), (403, Some("read")));
-        let (status, _, _) = as_principal(&stack, &admin, "GET", target, &[], None).await;
+        // Which subjects use an id: bare names from every group, so `read` on every subject.
+        let target = "/apis/ccompat/v7/schemas/ids/42/subjects";
+        let (status, _, record) = as_principal(&stack, &mine, "GET", target, &group, None).await;
+        assert_eq!(status, 403);
+        assert_eq!(record["subjects"], json!(["*"]));
+        let (status, _, _) = as_principal(&stack, &admin, "GET", target, &group, None).await;
         assert_eq!(status, 200);
+        // The searches are cached like Confluent's id lookups.
+        let (status, _, _) = as_principal(
+            &stack,
+            &mine,
+            "GET",
+            "/apis/ccompat/v7/schemas/ids/43",
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(status, 200);
+        let searches = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.contains("search/versions?contentId=43"))
+            .count();
+        assert_eq!(searches, 1, "one search for id 43");
         // The export is every artifact: global_write, not global_read.
         let target = "/apis/registry/v3/admin/export";
         let (status, _, record) = as_principal(&stack, &auditor, "GET", target, &[], None).await;
@@ -1662,6 +2188,39 @@ mod upstream_answers {
         );
         let (status, _, _) = as_principal(&stack, &admin, "GET", target, &[], None).await;
         assert_eq!(status, 200);
+    }
+
+    #[tokio::test]
+    async fn apicurio_legacy_id_mode_looks_ccompat_ids_up_as_global_ids() {
+        let (router, _) = scripted(&[
+            (
+                "GET",
+                "/apis/registry/v3/search/versions?globalId=8&limit=1000",
+                200,
+                r#"{"versions":[{"groupId":"mine","artifactId":"card","version":"1"}],"count":1}"#,
+            ),
+            (
+                "GET",
+                "/apis/ccompat/v7/schemas/ids/8",
+                200,
+                r#"{"schema":"\"int\""}"#,
+            ),
+        ]);
+        let stack = Stack::start_scripted_configured(Flavor::Apicurio, router, |c| {
+            c.apicurio_legacy_id_mode = true
+        })
+        .await;
+        let mine = stack.idp.token("mia", &["mine-readers"]);
+        let (status, body, _) = as_principal(
+            &stack,
+            &mine,
+            "GET",
+            "/apis/ccompat/v7/schemas/ids/8",
+            &[],
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
     }
 
     const FALLBACK: &str =

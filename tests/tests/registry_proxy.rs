@@ -1,5 +1,6 @@
 //! registry-proxy against the development registry and a real OIDC provider
-//! (`oauth2-mock-server`), driven by confluent-kafka's `SchemaRegistryClient` with OAUTHBEARER.
+//! (`oauth2-mock-server`), driven by confluent-kafka's `SchemaRegistryClient` with OAUTHBEARER,
+//! and by its stock serializers producing through wire-guard to Apache Kafka.
 //!
 //! The endpoint table and the bypass corpus run in process with locally generated keys, in
 //! `registry-proxy/tests/proxy.rs`; this binary covers what needs the real parts.
@@ -7,7 +8,9 @@
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use integration_tests::{
+    broker,
     oidc::{OidcClient, OidcProvider},
+    proxy::InProcess,
     stack::{init_test_logging, python_bin, repo_root},
 };
 use registry_proxy::{Config, audit::AuditSink, config::OidcConfig};
@@ -54,6 +57,9 @@ async fn start_proxy(provider: &OidcProvider) -> anyhow::Result<Proxied> {
         oidc: OidcConfig {
             issuer: provider.issuer.clone(),
             audience: vec![AUDIENCE.into()],
+            // Every client process mints tokens of its own, all from 127.0.0.1.
+            verify_rate_per_ip: 1000,
+            verify_burst: 1000,
             ..OidcConfig::default()
         },
         audit: AuditSink::File(audit.clone()),
@@ -259,4 +265,221 @@ async fn provider_tokens_authenticate_and_nothing_else_does() -> anyhow::Result<
         .await?;
     assert_eq!(refused.status(), 401);
     Ok(())
+}
+
+/// One run of `tests/clients/serializer_scenarios.py`.
+struct Serde {
+    client: &'static OidcClient,
+    format: &'static str,
+    topic: String,
+    conf: Option<&'static str>,
+    preregister: bool,
+    scenario: &'static str,
+}
+
+async fn run_serde(
+    proxy_url: String,
+    token_endpoint: String,
+    bootstrap: String,
+    run: Serde,
+) -> anyhow::Result<Value> {
+    let mut cmd = tokio::process::Command::new(python_bin());
+    cmd.arg(repo_root().join("tests/clients/serializer_scenarios.py"))
+        .args([
+            "--registry-url",
+            &proxy_url,
+            "--token-endpoint",
+            &token_endpoint,
+        ])
+        .args([
+            "--client-id",
+            run.client.id,
+            "--client-secret",
+            run.client.secret,
+        ])
+        .args(["--bootstrap", &bootstrap, "--topic", &run.topic])
+        .args(["--format", run.format, "--scenario", run.scenario]);
+    if let Some(conf) = run.conf {
+        cmd.args(["--serializer-conf", conf]);
+    }
+    if run.preregister {
+        cmd.arg("--preregister");
+    }
+    let output = cmd.stdin(Stdio::null()).kill_on_drop(true).output();
+    let output = tokio::time::timeout(Duration::from_secs(180), output).await??;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(
+        output.status.success(),
+        "{} {} {:?} failed: {}\n{stdout}",
+        run.format,
+        run.scenario,
+        run.conf,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(serde_json::from_str(
+        stdout.lines().last().unwrap_or_default(),
+    )?)
+}
+
+#[tokio::test]
+async fn stock_serializers_round_trip_through_registry_proxy_and_wire_guard() -> anyhow::Result<()>
+{
+    init_test_logging();
+    let provider = OidcProvider::start(AUDIENCE, &[PAYMENTS, ANALYTICS]).await?;
+    let proxy = start_proxy(&provider).await?;
+    let kafka = tokio::task::spawn_blocking(broker::shared).await?;
+    let wire = InProcess::start(&kafka.endpoint(), |_| {}).await?;
+    let run_id = &uuid_like();
+
+    // scripts/install-stack installs every serializer's dependencies and checks they import.
+    let formats = ["avro", "json", "protobuf"];
+    let topic = |format: &str, label: &str| format!("payments.serde-{format}-{label}-{run_id}");
+    let mut runs = Vec::new();
+    for format in &formats {
+        let format: &'static str = format;
+        // Default settings: the associated name strategy, auto-registration.
+        runs.push(Serde {
+            client: &PAYMENTS,
+            format,
+            topic: topic(format, "defaults"),
+            conf: None,
+            preregister: false,
+            scenario: "roundtrip",
+        });
+        // A serializer that must not register, writing with the subject's latest version.
+        runs.push(Serde {
+            client: &PAYMENTS,
+            format,
+            topic: topic(format, "latest"),
+            conf: Some(r#"{"auto.register.schemas": false, "use.latest.version": true}"#),
+            preregister: true,
+            scenario: "roundtrip",
+        });
+        // A serializer that must not register, looking its schema up.
+        runs.push(Serde {
+            client: &PAYMENTS,
+            format,
+            topic: topic(format, "lookup"),
+            conf: Some(r#"{"auto.register.schemas": false}"#),
+            preregister: true,
+            scenario: "roundtrip",
+        });
+        // A principal that may read but not write: refused when the serializer registers.
+        runs.push(Serde {
+            client: &ANALYTICS,
+            format,
+            topic: topic(format, "refused"),
+            conf: None,
+            preregister: false,
+            scenario: "refused",
+        });
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for run in runs {
+        let (url, token, bootstrap) = (
+            proxy.url.clone(),
+            provider.token_endpoint(),
+            wire.bootstrap(),
+        );
+        let label = format!("{} {} {:?}", run.format, run.scenario, run.conf);
+        set.spawn(async move { (label, run_serde(url, token, bootstrap, run).await) });
+    }
+    let mut results = Vec::new();
+    while let Some(joined) = set.join_next().await {
+        let (label, result) = joined?;
+        results.push((label, result?));
+    }
+    for (label, result) in &results {
+        if label.contains("refused") {
+            assert_eq!(result["http_status_code"], 403, "{label}: {result}");
+            assert_eq!(result["error_code"], 40301, "{label}: {result}");
+            assert!(
+                result["str"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("User analytics-svc is denied operation write")),
+                "{label}: the serializer's error says what was refused: {result}"
+            );
+        } else {
+            assert_eq!(result["round_trip"], true, "{label}: {result}");
+            assert_eq!(result["latest_version"], 1, "{label}: {result}");
+        }
+    }
+
+    // The reader principal can still produce with a schema that is registered: only the
+    // registration was refused.
+    let readable = run_serde(
+        proxy.url.clone(),
+        provider.token_endpoint(),
+        wire.bootstrap(),
+        Serde {
+            client: &ANALYTICS,
+            format: "avro",
+            topic: topic("avro", "lookup"),
+            conf: Some(r#"{"auto.register.schemas": false}"#),
+            preregister: false,
+            scenario: "roundtrip",
+        },
+    )
+    .await?;
+    assert_eq!(readable["round_trip"], true, "{readable}");
+
+    // What the serializers asked the registry, as the audit log saw it.
+    let records = {
+        let mut records = Vec::new();
+        for _ in 0..200 {
+            records = audit_records(&proxy.audit);
+            if records
+                .iter()
+                .any(|r| r["principal"] == "user:analytics-svc")
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        records
+    };
+    let associations: Vec<&Value> = records
+        .iter()
+        .filter(|r| {
+            r["endpoint"] == "GET /associations/resources/{namespace}/{name}"
+                || r["endpoint"] == "GET /associations/resources/{id}"
+        })
+        .collect();
+    assert!(
+        !associations.is_empty(),
+        "the serializers ask for associations first"
+    );
+    for r in &associations {
+        assert_eq!(
+            (r["decision"].as_str(), r["upstream_status"].as_u64()),
+            (Some("permit"), Some(404)),
+            "forwarded; the registry's 404 sends the serializer to the topic strategy: {r}"
+        );
+    }
+    // (The unauthenticated records are start_proxy's readiness probes.)
+    for r in records.iter().filter(|r| !r["principal"].is_null()) {
+        let refused_registration = r["principal"] == "user:analytics-svc"
+            && r["endpoint"] == "POST /subjects/{subject}/versions";
+        if refused_registration {
+            assert_eq!(
+                (r["decision"].as_str(), r["status"].as_u64()),
+                (Some("deny"), Some(403))
+            );
+        } else {
+            assert_eq!(
+                r["decision"], "permit",
+                "only the registrations are refused: {r}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A short unique suffix for names in the shared broker.
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("{:x}", nanos & 0xffff_ffff_ffff)
 }

@@ -60,6 +60,10 @@ registry:
       principals: ["group:auditors"]
       subjects: ["*"]
       operations: [global_read]
+    - id: superusers
+      principals: ["group:superusers"]
+      subjects: ["*"]
+      operations: [read, write, delete, compat_read, compat_write, global_read, global_write]
 "#;
 
 /// Signing keys and the JWKS the proxy fetches.
@@ -235,6 +239,15 @@ impl Stack {
         Self::start_inner(flavor, Some(upstream), |_| {}).await
     }
 
+    /// [`Stack::start_scripted`], with the proxy configuration adjusted by `edit`.
+    pub async fn start_scripted_configured(
+        flavor: Flavor,
+        upstream: Router,
+        edit: impl FnOnce(&mut Config),
+    ) -> Self {
+        Self::start_inner(flavor, Some(upstream), edit).await
+    }
+
     async fn start_inner(
         flavor: Flavor,
         upstream: Option<Router>,
@@ -339,42 +352,11 @@ impl Stack {
         headers: &[(&str, &str)],
         body: Option<&str>,
     ) -> (u16, Value, Option<String>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let addr: SocketAddr = self.proxy.trim_start_matches("http://").parse().unwrap();
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut request =
-            format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-        for (k, v) in headers {
-            request.push_str(&format!("{k}: {v}\r\n"));
-        }
-        let body = body.unwrap_or("");
-        if !body.is_empty() || matches!(method, "POST" | "PUT") {
-            request.push_str(&format!(
-                "Content-Type: application/vnd.schemaregistry.v1+json\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
-        }
-        request.push_str("\r\n");
-        request.push_str(body);
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.unwrap();
-        let text = String::from_utf8_lossy(&response);
-        let status: u16 = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let request_id = head.lines().find_map(|l| {
-            l.split_once(':')
-                .filter(|(k, _)| k.eq_ignore_ascii_case("x-request-id"))
-                .map(|(_, v)| v.trim().to_owned())
-        });
-        let body = decode_chunked(body);
+        let r = raw_request(&self.proxy, method, target, headers, body).await;
+        let request_id = r.header("x-request-id");
         (
-            status,
-            serde_json::from_str(&body).unwrap_or(Value::String(body)),
+            r.status,
+            serde_json::from_str(&r.body).unwrap_or(Value::String(r.body)),
             request_id,
         )
     }
@@ -445,6 +427,76 @@ impl Stack {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         Vec::new()
+    }
+}
+
+/// An answer as received: status, head lines and body (de-chunked).
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl RawResponse {
+    /// The value of header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+    }
+}
+
+/// Sends a raw request line over TCP to `base` (`http://host:port`), so paths arrive exactly
+/// as written (HTTP client libraries normalize `..` and encodings).
+pub async fn raw_request(
+    base: &str,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> RawResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr: SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request =
+        format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let body = body.unwrap_or("");
+    if !body.is_empty() || matches!(method, "POST" | "PUT") {
+        request.push_str(&format!(
+            "Content-Type: application/vnd.schemaregistry.v1+json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response);
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    RawResponse {
+        status,
+        head: head.to_owned(),
+        body: if chunked {
+            decode_chunked(body)
+        } else {
+            body.to_owned()
+        },
     }
 }
 
