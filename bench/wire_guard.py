@@ -1,32 +1,53 @@
 #!/usr/bin/env python3
-"""Throughput, latency and cost of wire-guard in front of a Tansu broker.
+"""Throughput, latency and cost of wire-guard in front of Apache Kafka 4.1.
 
-One run starts a Tansu broker (in-memory storage) and a wire-guard release
-binary in front of it, then drives the same confluent-kafka (librdkafka)
-producer and consumer once directly against the broker and once through the
-proxy, per round, each round on a freshly started broker and proxy. The order
-alternates between rounds (direct first in even rounds, proxied first in odd
-ones) so drift within a round hits both sides alike; every reported figure is
-the median over the rounds.
+Every round starts a fresh single-node KRaft Kafka broker (scripts/kafka-broker)
+and a fresh wire-guard release binary in front of it, then runs each phase
+below twice, once directly against the broker and once through the proxy
+(clients change only bootstrap.servers). The two sides of a phase run back to
+back, and which side goes first alternates between phases and rounds, so drift
+and other work on the machine hit both sides alike. Every side has its own
+topics (one partition each); records are fixed-seed random bytes.
 
-Per round and side:
+Phases, in order, per round:
 
-* produce throughput: fixed-seed random 1 KiB values, linger.ms=5,
-  acks=all, no compression; timed from the first produce() call to the last
-  delivery callback (connections are opened by an untimed warm-up record);
-* consume throughput: assign() to partition 0 from offset 0 (no group join),
-  timed from the first record to the last expected one; the record count comes
-  from reading, not from the high watermark;
-* produce latency: a fixed rate (default 1000 records/s for 10 s, linger.ms=0),
-  latency = delivery callback time - produce() call time.
+* rdk-produce: confluent-kafka (librdkafka) producer, 1 KiB values,
+  linger.ms=5, acks=all, no compression; timed from the first produce() call
+  to the last delivery callback (connections opened by an untimed record);
+* rdk-consume: the same topic read back by a librdkafka consumer with
+  assign() (no group), timed from the first batch to the last expected record;
+* java-produce: Kafka's own org.apache.kafka.tools.ProducerPerformance
+  (--throughput -1 --record-size 1024 --num-records N, acks=all, the Java
+  client's defaults otherwise); its records/sec line is parsed;
+* java-consume: org.apache.kafka.tools.ConsumerPerformance (--messages N) on
+  the topic java-produce wrote; the figure is its fetch rate (fetch.MB.sec:
+  consumer-group join excluded), converted to 10^6-byte MB;
+* latency: librdkafka producer at a fixed rate (default 1000 records/s for
+  10 s, linger.ms=0, acks=all); latency = delivery callback time - produce()
+  call time; between sends the client blocks in producer.poll() (ms timeouts)
+  rather than sleeping, so callbacks run as soon as the acknowledgement is in;
+* fanout-tput: 200 librdkafka producers at once (one thread and one
+  Producer each, so 200 bootstrap plus 200 broker connections), each sending
+  its share of the records as fast as it can (linger.ms=5, acks=all);
+  aggregate MB/s from the first send to the last delivery;
+* fanout-latency: 200 fresh producers (linger.ms=0), each at a modest fixed
+  rate (default 10 records/s, 2000/s in all, for 10 s), each polling while it
+  waits; latency percentiles over all records.
 
-For the proxied side the harness also samples wire-guard's CPU time from
-/proc/<pid>/stat and its wire_guard_bytes_total counters from /metrics, and
-reports CPU seconds per GB forwarded (frame bytes, both directions, from the
-counters) and per GB of record values moved, plus peak RSS (VmHWM).
+For the proxied side the harness samples wire-guard's CPU time
+(/proc/<pid>/stat), its resident set (VmRSS every 0.1 s, VmHWM per round) and
+its /metrics counters, and reports CPU seconds per GB forwarded (frame bytes,
+both directions). After the rounds, when a consume ratio stays under 0.95 (or
+with --diagnose always), a diagnosis pass on a fresh broker and proxy compares
+librdkafka's per-request round trip (statistics) direct and proxied and counts
+wire-guard's syscalls per MB during a consume (perf stat tracepoints, then
+strace -c), to show where the consume time goes.
 
-Results go to stdout as markdown and to <out-dir>/wire-guard.{md,json}.
-Only 127.0.0.1 is used. Timings are reported against the targets, never
+Reported per metric: the median of each side, and the median and the range
+(min-max) of the per-round paired ratios (throughput) or differences (latency).
+Results go to stdout and to <out-dir>/wire-guard.{md,json}. Only 127.0.0.1 is
+used; children die with the harness (SIGTERM unwinds and stops them, and they
+carry a parent-death signal). Timings are reported against the targets, never
 asserted.
 """
 
@@ -35,19 +56,23 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import math
 import os
 import platform
 import random
 import re
+import resource
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from confluent_kafka import (
     Consumer, KafkaError, KafkaException, Producer, TopicPartition, libversion, version,
@@ -55,8 +80,9 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 
 HOST = "127.0.0.1"
-TANSU_NODE_ID = 111
+NODE_ID = 1
 MB = 1_000_000
+MIB = 1024 * 1024
 GB = 1_000_000_000
 
 # A phase counts as undisturbed when other processes used less CPU than this (cores).
@@ -67,6 +93,11 @@ TARGET_THROUGHPUT_RATIO = 0.95
 TARGET_ADDED_P99_MS = 1.0
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+PHASES = ("rdk_produce", "rdk_consume", "java_produce", "java_consume", "latency",
+          "fanout_tput", "fanout_latency")
 
 
 class BenchError(Exception):
@@ -100,10 +131,18 @@ def _die_with_parent() -> None:
         pass
 
 
+_taken_ports: set = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+    """A loopback port that was free just now and not handed out before in this run."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((HOST, 0))
+            port = s.getsockname()[1]
+        if port not in _taken_ports:
+            _taken_ports.add(port)
+            return port
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, name: str, log: str, timeout: float) -> None:
@@ -132,9 +171,11 @@ def tail(path: str, lines: int = 15) -> str:
 class Managed:
     """A child process that is always stopped: TERM, then KILL after a grace period."""
 
-    def __init__(self, name: str, argv: List[str], log: str, env: Optional[dict] = None):
+    def __init__(self, name: str, argv: List[str], log: str, env: Optional[dict] = None,
+                 grace: float = 5.0):
         self.name = name
         self.log = log
+        self.grace = grace
         self._out = open(log, "wb")
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=self._out, stderr=subprocess.STDOUT,
@@ -153,15 +194,37 @@ class Managed:
             raise BenchError("%s exited with %s; log tail:\n%s"
                              % (self.name, self.proc.returncode, tail(self.log)))
 
-    def stop(self, grace: float = 5.0) -> None:
+    def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(grace)
+                self.proc.wait(self.grace)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
         self._out.close()
+
+
+def run_child(argv: List[str], timeout: float, what: str, env: Optional[dict] = None
+              ) -> Tuple[str, str, float]:
+    """Runs a short-lived child to completion; killed (with its group) on timeout or signal."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, preexec_fn=_die_with_parent,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError("%s: no result within %.0f s" % (what, timeout))
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+    out_s, err_s = out.decode(errors="replace"), err.decode(errors="replace")
+    if proc.returncode != 0:
+        raise BenchError("%s exited with %d:\n%s%s" % (what, proc.returncode, out_s[-2000:],
+                                                        err_s[-2000:]))
+    return out_s, err_s, time.monotonic() - t0
 
 
 def cpu_seconds(pid: int) -> float:
@@ -170,6 +233,19 @@ def cpu_seconds(pid: int) -> float:
         rest = f.read().rsplit(")", 1)[1].split()
     # rest[0] is field 3 (state); utime and stime are fields 14 and 15.
     return (int(rest[11]) + int(rest[12])) / CLK_TCK
+
+
+def cpu_split(pid: int) -> Tuple[float, float]:
+    """(utime, stime) of a process, in seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        rest = f.read().rsplit(")", 1)[1].split()
+    return int(rest[11]) / CLK_TCK, int(rest[12]) / CLK_TCK
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's reaped children (the Java perf tools)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def machine_cpu() -> Dict[str, float]:
@@ -194,7 +270,34 @@ def wait_for_quiet(max_wait: float, threshold_cores: float) -> dict:
             return {"waited_s": round(waited, 1), "busy_cores_at_start": round(busy, 2),
                     "quiet": busy <= threshold_cores}
         print("machine busy (%.2f cores used by other work); waiting" % busy, flush=True)
-        time.sleep(4.0)
+        time.sleep(2.0)
+
+
+class QuietGate:
+    """Before each phase pair: waits (bounded per pair and in total) while other work on the
+    machine uses more than `threshold` cores, so both sides of a pair start on a calmer box."""
+
+    def __init__(self, per_wait: float, total_wait: float, threshold: float):
+        self.per_wait = per_wait
+        self.left = total_wait
+        self.threshold = threshold
+
+    def wait(self, stack: "Stack") -> dict:
+        start = time.monotonic()
+        while True:
+            a, own_a = machine_cpu(), self._own(stack)
+            time.sleep(1.0)
+            b, own_b = machine_cpu(), self._own(stack)
+            other = max(0.0, (b["busy"] - a["busy"]) - (own_b - own_a))
+            waited = time.monotonic() - start
+            if other <= self.threshold or waited >= self.per_wait or self.left - waited <= 0:
+                self.left -= waited
+                return {"waited_s": round(waited, 1), "other_cores": round(other, 2)}
+
+    @staticmethod
+    def _own(stack: "Stack") -> float:
+        return (time.process_time() + children_cpu() + cpu_seconds(stack.broker_pid)
+                + cpu_seconds(stack.proxy.pid))
 
 
 def proc_status_kib(pid: int, key: str) -> Optional[int]:
@@ -205,21 +308,68 @@ def proc_status_kib(pid: int, key: str) -> Optional[int]:
     return None
 
 
-_BYTES_RE = re.compile(r'^wire_guard_bytes_total\{direction="([a-z_]+)"\}\s+([0-9.e+]+)\s*$', re.M)
-_REQUESTS_RE = re.compile(r'^wire_guard_requests_total\{api="[A-Za-z_]+"\}\s+([0-9.e+]+)\s*$', re.M)
+_PROM_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)\s*$', re.M)
 
 
-def proxy_counters(admin_port: int) -> Dict[str, int]:
-    """wire_guard_bytes_total by direction and the sum of wire_guard_requests_total."""
+def scrape(admin_port: int) -> Dict[str, float]:
+    """wire-guard's /metrics as {'name{labels}': value}."""
     with urllib.request.urlopen("http://%s:%d/metrics" % (HOST, admin_port), timeout=5) as r:
         text = r.read().decode()
-    counters = {d: int(float(v)) for d, v in _BYTES_RE.findall(text)}
-    counters["requests"] = sum(int(float(v)) for v in _REQUESTS_RE.findall(text))
-    return counters
+    return {name + (labels or ""): float(v) for name, labels, v in _PROM_RE.findall(text)}
+
+
+def proxy_counters(admin_port: int) -> Dict[str, float]:
+    """The counters a phase is charged with: bytes by direction, requests, Fetch latency."""
+    m = scrape(admin_port)
+    out: Dict[str, float] = {}
+    for k, v in m.items():
+        if k.startswith("wire_guard_bytes_total{"):
+            out["bytes:" + k.split('"')[1]] = v
+        elif k.startswith("wire_guard_requests_total{"):
+            out["requests"] = out.get("requests", 0) + v
+            if 'api="Fetch"' in k:
+                out["fetch_requests"] = v
+        elif k.startswith("wire_guard_upstream_latency_seconds_") and (
+                'api="Fetch"' in k or 'api="Produce"' in k):
+            api = "fetch" if 'api="Fetch"' in k else "produce"
+            out["%s_latency_%s" % (api, k.split("{")[0].rsplit("_", 1)[1])] = v
+        elif k.startswith(("wire_guard_connection_errors_total", "wire_guard_connections_refused_total")):
+            out[k] = v
+    return out
+
+
+class Sampler(threading.Thread):
+    """Samples wire-guard's VmRSS (every 0.1 s) and open connections (every 0.5 s)."""
+
+    def __init__(self, pid: int, admin_port: int):
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.admin_port = admin_port
+        self.max_rss_kib = 0
+        self.max_connections = 0
+        self._stop_evt = threading.Event()
+
+    def run(self) -> None:
+        i = 0
+        while not self._stop_evt.is_set():
+            try:
+                self.max_rss_kib = max(self.max_rss_kib, proc_status_kib(self.pid, "VmRSS") or 0)
+                if i % 5 == 0:
+                    m = scrape(self.admin_port)
+                    self.max_connections = max(self.max_connections,
+                                               int(m.get("wire_guard_connections_active", 0)))
+            except Exception:
+                pass
+            i += 1
+            self._stop_evt.wait(0.1)
+
+    def stop(self) -> None:
+        self._stop_evt.set()
+        self.join(2)
 
 
 class Meter:
-    """wire-guard and broker CPU plus wire-guard's byte counters around one phase."""
+    """wire-guard, broker and client CPU plus wire-guard's counters and RSS around one phase."""
 
     def __init__(self, stack: "Stack"):
         self.stack = stack
@@ -227,76 +377,118 @@ class Meter:
     def __enter__(self) -> "Meter":
         s = self.stack
         self.t0 = time.monotonic()
-        self.proxy_cpu0 = cpu_seconds(s.proxy.pid)
-        self.broker_cpu0 = cpu_seconds(s.broker.pid)
-        # This process: Python plus librdkafka's threads.
-        self.client_cpu0 = time.process_time()
+        self.proxy_split0 = cpu_split(s.proxy.pid)
+        self.proxy_cpu0 = sum(self.proxy_split0)
+        self.broker_cpu0 = cpu_seconds(s.broker_pid)
+        # This process (Python plus librdkafka's threads) and reaped children (the Java tools).
+        self.client_cpu0 = time.process_time() + children_cpu()
         self.machine0 = machine_cpu()
         self.counters0 = proxy_counters(s.admin_port)
+        self.sampler = Sampler(s.proxy.pid, s.admin_port)
+        self.sampler.start()
+        self.marked: Optional[Dict[str, float]] = None
         return self
+
+    def mark(self) -> None:
+        """The workload's own end: upstream latencies are read here, so a request still open
+        afterwards (a consumer's trailing long-poll Fetch) does not count."""
+        self.marked = proxy_counters(self.stack.admin_port)
 
     def __exit__(self, *exc) -> None:
         s = self.stack
+        self.sampler.stop()
         self.wall_s = time.monotonic() - self.t0
-        self.client_cpu_s = time.process_time() - self.client_cpu0
-        self.proxy_cpu_s = cpu_seconds(s.proxy.pid) - self.proxy_cpu0
-        self.broker_cpu_s = cpu_seconds(s.broker.pid) - self.broker_cpu0
+        self.client_cpu_s = time.process_time() + children_cpu() - self.client_cpu0
+        split = cpu_split(s.proxy.pid)
+        self.proxy_user_s = split[0] - self.proxy_split0[0]
+        self.proxy_sys_s = split[1] - self.proxy_split0[1]
+        self.proxy_cpu_s = sum(split) - self.proxy_cpu0
+        self.broker_cpu_s = cpu_seconds(s.broker_pid) - self.broker_cpu0
         m1 = machine_cpu()
         self.steal_s = m1["steal"] - self.machine0["steal"]
         # CPU used by processes outside this benchmark (other work on the box).
         self.other_cpu_s = max(0.0, m1["busy"] - self.machine0["busy"] - self.client_cpu_s
                                - self.broker_cpu_s - self.proxy_cpu_s)
-        c1 = proxy_counters(s.admin_port)
-        delta = {k: c1.get(k, 0) - self.counters0.get(k, 0) for k in c1}
-        self.proxy_requests = delta.pop("requests", 0)
-        self.proxy_bytes = delta
+        if exc[0] is None:
+            c1 = proxy_counters(s.admin_port)
+            if self.marked is not None:
+                c1.update({k: v for k, v in self.marked.items() if "_latency_" in k})
+            self.delta = {k: c1.get(k, 0) - self.counters0.get(k, 0) for k in c1}
+        else:
+            self.delta = {}
 
     def as_dict(self) -> dict:
+        d = self.delta
         return {
             "wall_s": round(self.wall_s, 3),
             "proxy_cpu_s": round(self.proxy_cpu_s, 3),
+            "proxy_user_s": round(self.proxy_user_s, 3),
+            "proxy_sys_s": round(self.proxy_sys_s, 3),
             "broker_cpu_s": round(self.broker_cpu_s, 3),
             "client_cpu_s": round(self.client_cpu_s, 3),
             "other_cpu_s": round(self.other_cpu_s, 3),
             "steal_s": round(self.steal_s, 3),
-            "proxy_bytes": self.proxy_bytes,
-            "proxy_requests": self.proxy_requests,
+            "proxy_bytes": {k[6:]: int(v) for k, v in d.items() if k.startswith("bytes:")},
+            "proxy_requests": int(d.get("requests", 0)),
+            "proxy_fetch_requests": int(d.get("fetch_requests", 0)),
+            "proxy_fetch_upstream_ms_mean": (1000 * d["fetch_latency_sum"] / d["fetch_latency_count"]
+                                             if d.get("fetch_latency_count") else None),
+            "proxy_produce_upstream_ms_mean": (1000 * d["produce_latency_sum"] / d["produce_latency_count"]
+                                               if d.get("produce_latency_count") else None),
+            "proxy_errors": {k: int(v) for k, v in d.items()
+                             if k.startswith("wire_guard_conn") and v},
+            "proxy_max_rss_kib": self.sampler.max_rss_kib,
+            "proxy_max_connections": self.sampler.max_connections,
         }
 
 
 class Stack:
-    """Tansu plus wire-guard on free loopback ports."""
+    """A fresh Kafka broker plus wire-guard on free loopback ports."""
 
-    def __init__(self, tansu: str, wire_guard: str, workdir: str):
+    def __init__(self, args, workdir: str, broker_config: Optional[List[str]] = None):
+        self.workdir = workdir
+        os.makedirs(workdir, exist_ok=True)
+        self.broker_dir = os.path.join(workdir, "kafka")
         self.broker_port = free_port()
-        url = "tcp://%s:%d" % (HOST, self.broker_port)
-        self.broker = Managed("tansu", [
-            tansu, "broker", "--listener-url", url, "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
-        ], os.path.join(workdir, "tansu.log"))
+        controller_port = free_port()
+        env = dict(os.environ, KAFKA_LIBS=args.kafka_libs)
+        self.broker = Managed("kafka-broker", [
+            "bash", args.kafka_broker, "--dir", self.broker_dir,
+            "--controller-port", str(controller_port), "--plaintext-port", str(self.broker_port),
+            "--heap", args.broker_heap, "--print-ready",
+        ] + [a for c in (broker_config or []) for a in ("--config", c)], os.path.join(workdir, "kafka-broker.out"), env=env, grace=20.0)
         self.proxy: Optional[Managed] = None
-        wait_for_port(self.broker_port, self.broker.proc, "tansu", self.broker.log, 30)
+        broker_log = os.path.join(self.broker_dir, "broker.log")
+        deadline = time.monotonic() + 120
+        while True:
+            if self.broker.proc.poll() is not None:
+                raise BenchError("kafka-broker exited with %s; output:\n%s\nbroker.log tail:\n%s"
+                                 % (self.broker.proc.returncode, tail(self.broker.log), tail(broker_log)))
+            with open(self.broker.log, "r", errors="replace") as f:
+                if "ready" in f.read().split():
+                    break
+            if time.monotonic() > deadline:
+                raise BenchError("Kafka not ready within 120 s; broker.log tail:\n%s" % tail(broker_log))
+            time.sleep(0.1)
+        with open(os.path.join(self.broker_dir, "broker.pid")) as f:
+            self.broker_pid = int(f.read().strip())
+        wait_for_port(self.broker_port, self.broker.proc, "kafka", broker_log, 30)
 
         self.listen_port = free_port()
         self.admin_port = free_port()
-        # Node 111's proxy port must be one that was just free.
-        while True:
-            node_port = free_port()
-            if node_port > TANSU_NODE_ID and node_port not in (self.listen_port, self.admin_port):
-                break
-        self.node_port = node_port
-        self.broker_port_base = node_port - TANSU_NODE_ID
-        env = dict(os.environ)
-        env.setdefault("RUST_LOG", "info")
+        self.node_port = free_port()
+        self.broker_port_base = self.node_port - NODE_ID
+        penv = dict(os.environ)
+        penv.setdefault("RUST_LOG", "info")
         self.proxy = Managed("wire-guard", [
-            wire_guard,
+            args.wire_guard,
             "--upstream", "%s:%d" % (HOST, self.broker_port),
             "--listen", "%s:%d" % (HOST, self.listen_port),
             "--broker-port-base", str(self.broker_port_base),
             "--admin-listen", "%s:%d" % (HOST, self.admin_port),
             "--drain-timeout-secs", "2",
             "--log-format", "json",
-        ], os.path.join(workdir, "wire-guard.log"), env=env)
+        ], os.path.join(workdir, "wire-guard.log"), env=penv)
         wait_for_port(self.listen_port, self.proxy.proc, "wire-guard", self.proxy.log, 20)
         wait_for_port(self.admin_port, self.proxy.proc, "wire-guard", self.proxy.log, 20)
 
@@ -309,6 +501,16 @@ class Stack:
         if self.proxy:
             self.proxy.check_alive()
 
+    def peaks(self) -> Dict[str, Optional[int]]:
+        out: Dict[str, Optional[int]] = {"proxy_vmhwm_kib": None, "broker_vmhwm_kib": None}
+        try:
+            if self.proxy is not None and self.proxy.proc.poll() is None:
+                out["proxy_vmhwm_kib"] = proc_status_kib(self.proxy.pid, "VmHWM")
+            out["broker_vmhwm_kib"] = proc_status_kib(self.broker_pid, "VmHWM")
+        except OSError:
+            pass
+        return out
+
     def stop(self) -> None:
         # The proxy first, so it never sees its upstream vanish mid-request.
         for p in (self.proxy, self.broker):
@@ -317,9 +519,37 @@ class Stack:
                     p.stop()
                 except Exception as e:  # keep stopping the others
                     print("warning: stopping %s: %s" % (p.name, e), file=sys.stderr)
+        # The logs stay; the partition data (GBs per round) goes.
+        shutil.rmtree(os.path.join(self.broker_dir, "data"), ignore_errors=True)
 
 
-# --- clients ---------------------------------------------------------------
+def proxy_log_summary(path: str) -> dict:
+    """Counts wire-guard's WARN/ERROR lines and keeps a few distinct messages."""
+    levels: Dict[str, int] = {}
+    samples: List[str] = []
+    seen: set = set()
+    try:
+        with open(path, "r", errors="replace") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    levels["unparsed"] = levels.get("unparsed", 0) + 1
+                    continue
+                lvl = rec.get("level", "?")
+                levels[lvl] = levels.get(lvl, 0) + 1
+                if lvl in ("WARN", "ERROR"):
+                    f_ = rec.get("fields", {})
+                    key = "%s %s %s" % (lvl, f_.get("message"), f_.get("cause") or f_.get("error"))
+                    if key not in seen and len(samples) < 8:
+                        seen.add(key)
+                        samples.append(json.dumps({k: v for k, v in f_.items() if k != "conn"}))
+    except OSError:
+        pass
+    return {"levels": levels, "warn_error_samples": samples}
+
+
+# --- librdkafka clients ----------------------------------------------------
 
 
 class ClientErrors:
@@ -327,10 +557,14 @@ class ClientErrors:
 
     def __init__(self):
         self.seen: List[str] = []
+        self.count = 0
+        self._lock = threading.Lock()
 
     def __call__(self, err: KafkaError) -> None:
-        if len(self.seen) < 50:
-            self.seen.append(err.str())
+        with self._lock:
+            self.count += 1
+            if len(self.seen) < 20:
+                self.seen.append(err.str())
         if err.fatal():
             raise KafkaException(err)
 
@@ -388,8 +622,21 @@ def warm_up(producer: Producer, topic: str, value: bytes, count: int, timeout: f
         raise BenchError("warm-up: %d records to %s undelivered after %.0f s" % (left, topic, timeout))
 
 
+def poll_until(producer: Producer, due: float) -> None:
+    """Serves delivery callbacks as they arrive until perf_counter() reaches `due`.
+
+    poll() takes whole milliseconds, so the send may be up to ~1 ms late; that moves the send,
+    never the measurement (latency is taken from the actual produce() call).
+    """
+    while True:
+        left = due - time.perf_counter()
+        if left <= 0:
+            return
+        producer.poll((math.ceil(left * 1000) + 0.5) / 1000)
+
+
 def produce_throughput(bootstrap: str, topic: str, records: int, pool: List[bytes],
-                       timeout: float) -> dict:
+                       timeout: float, stats: Optional[List[dict]] = None) -> dict:
     errors = ClientErrors()
     state = {"delivered": 0, "failed": 0, "last": 0.0, "first_error": None}
 
@@ -404,10 +651,12 @@ def produce_throughput(bootstrap: str, topic: str, records: int, pool: List[byte
 
     conf = base_conf(bootstrap, errors, "bench-producer")
     conf.update({"linger.ms": 5, "acks": "all", "compression.type": "none"})
+    if stats is not None:
+        conf["statistics.interval.ms"] = 200
+        conf["stats_cb"] = lambda js: stats.append(json.loads(js))
     producer = Producer(conf)
     try:
         warm_up(producer, topic, pool[0], 1, min(30.0, timeout))
-        conf_cb = on_delivery
         n_pool = len(pool)
         produce = producer.produce
         poll = producer.poll
@@ -416,7 +665,7 @@ def produce_throughput(bootstrap: str, topic: str, records: int, pool: List[byte
         i = 0
         while i < records:
             try:
-                produce(topic, pool[i % n_pool], on_delivery=conf_cb)
+                produce(topic, pool[i % n_pool], on_delivery=on_delivery)
                 i += 1
             except BufferError:
                 # Local queue full: serve delivery reports until there is room.
@@ -448,13 +697,16 @@ def produce_throughput(bootstrap: str, topic: str, records: int, pool: List[byte
 
 
 def consume_throughput(bootstrap: str, topic: str, expected: int, timeout: float,
-                       quiet_s: float) -> dict:
+                       quiet_s: float, stats: Optional[List[dict]] = None,
+                       conf_extra: Optional[dict] = None,
+                       on_done: Optional[Callable[[], None]] = None) -> dict:
     """Reads partition 0 of `topic` from offset 0 until `expected` records arrived.
 
     Records reach the application in batches, so the clock starts when the first batch is
     handed over and only the bytes of later batches count: throughput = bytes after the first
     batch / (time of the last expected record - time of the first batch). The partition is
     then read on until quiet for `quiet_s` (untimed), so extra records would be noticed.
+    With `stats`, librdkafka's statistics (every 200 ms) are appended to it.
     """
     errors = ClientErrors()
     conf = base_conf(bootstrap, errors, "bench-consumer")
@@ -465,6 +717,10 @@ def consume_throughput(bootstrap: str, topic: str, expected: int, timeout: float
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
     })
+    if stats is not None:
+        conf["statistics.interval.ms"] = 200
+        conf["stats_cb"] = lambda js: stats.append(json.loads(js))
+    conf.update(conf_extra or {})
     consumer = Consumer(conf)
     count = 0
     payload = 0
@@ -494,6 +750,8 @@ def consume_throughput(bootstrap: str, topic: str, expected: int, timeout: float
                     timed_bytes += got
             if count >= expected:
                 t_last = now
+                if on_done is not None:
+                    on_done()
                 break
             if time.monotonic() > deadline:
                 raise BenchError("consume %s: %d of %d records before the deadline; "
@@ -522,17 +780,28 @@ def percentile(sorted_values: List[float], p: float) -> float:
     """Nearest-rank percentile of an ascending list."""
     if not sorted_values:
         return float("nan")
-    k = max(0, min(len(sorted_values) - 1, int(round(p / 100.0 * len(sorted_values) + 0.5)) - 1))
+    k = max(0, min(len(sorted_values) - 1, int(math.ceil(p / 100.0 * len(sorted_values))) - 1))
     return sorted_values[k]
+
+
+def latency_stats(lat_s: List[float]) -> dict:
+    lat = sorted(x * 1000 for x in lat_s)
+    return {
+        "p50_ms": percentile(lat, 50),
+        "p90_ms": percentile(lat, 90),
+        "p99_ms": percentile(lat, 99),
+        "p999_ms": percentile(lat, 99.9),
+        "max_ms": lat[-1] if lat else float("nan"),
+        "mean_ms": statistics.fmean(lat) if lat else float("nan"),
+    }
 
 
 def produce_latency(bootstrap: str, topic: str, rate: float, seconds: float, pool: List[bytes],
                     timeout: float) -> dict:
-    """Produces at a fixed rate; latency = delivery callback time - produce() call time."""
+    """Produces at a fixed rate, polling between sends; latency = callback time - produce() time."""
     errors = ClientErrors()
     latencies: List[float] = []
-    rd_latencies: List[float] = []
-    failed = []
+    failed: List[str] = []
 
     def on_delivery(sent_at, err, msg):
         now = time.perf_counter()
@@ -540,9 +809,6 @@ def produce_latency(bootstrap: str, topic: str, rate: float, seconds: float, poo
             failed.append(err.str())
             return
         latencies.append(now - sent_at)
-        lat = msg.latency()
-        if lat is not None:
-            rd_latencies.append(lat)
 
     conf = base_conf(bootstrap, errors, "bench-latency")
     conf.update({"linger.ms": 0, "acks": "all", "compression.type": "none"})
@@ -556,18 +822,10 @@ def produce_latency(bootstrap: str, topic: str, rate: float, seconds: float, poo
         t0 = time.perf_counter()
         for i in range(total):
             due = t0 + i * interval
-            while True:
-                left = due - time.perf_counter()
-                if left <= 0:
-                    break
-                if left > 0.0015:
-                    # Serves delivery callbacks as they arrive while waiting.
-                    producer.poll(left - 0.001)
-                else:
-                    time.sleep(left)
-            if time.perf_counter() - due > interval:
-                behind += 1
+            poll_until(producer, due)
             sent_at = time.perf_counter()
+            if sent_at - due > interval:
+                behind += 1
             producer.produce(topic, pool[i % n_pool],
                              on_delivery=lambda err, msg, s=sent_at: on_delivery(s, err, msg))
             producer.poll(0)
@@ -582,56 +840,602 @@ def produce_latency(bootstrap: str, topic: str, rate: float, seconds: float, poo
         producer.flush(5)
     if failed:
         raise BenchError("latency run on %s: %d records failed (%s)" % (topic, len(failed), failed[0]))
-    lat = sorted(x * 1000 for x in latencies)
-    rd = sorted(x * 1000 for x in rd_latencies)
-    return {
+    out = {
         "records": total,
+        "payload_bytes": total * len(pool[0]),
         "target_rate": rate,
         "achieved_rate": round(achieved_rate, 1),
         "sent_late": behind,
-        "p50_ms": percentile(lat, 50),
-        "p90_ms": percentile(lat, 90),
-        "p99_ms": percentile(lat, 99),
-        "max_ms": lat[-1],
-        "mean_ms": statistics.fmean(lat),
-        "librdkafka_p50_ms": percentile(rd, 50),
-        "librdkafka_p99_ms": percentile(rd, 99),
         "client_errors": errors.seen,
+    }
+    out.update(latency_stats(latencies))
+    return out
+
+
+# --- many producers at once ------------------------------------------------
+
+
+def _start_producers(bootstrap: str, topic: str, n: int, conf_extra: dict, value: bytes,
+                     errors: ClientErrors, timeout: float) -> List[Producer]:
+    """n producers, each with its connections open (one delivered record each)."""
+    producers = []
+    for i in range(n):
+        conf = base_conf(bootstrap, errors, "bench-fan-%d" % i)
+        conf.update(conf_extra)
+        producers.append(Producer(conf))
+    for p in producers:
+        p.produce(topic, value)
+    deadline = time.monotonic() + timeout
+    for p in producers:
+        if p.flush(max(0.1, deadline - time.monotonic())):
+            raise BenchError("fan-out warm-up: a producer could not deliver within %.0f s; client "
+                             "errors: %s" % (timeout, errors.seen[-3:]))
+    return producers
+
+
+def _run_threads(workers: List[threading.Thread], stop: threading.Event, timeout: float,
+                 what: str) -> None:
+    deadline = time.monotonic() + timeout
+    try:
+        for t in workers:
+            while t.is_alive():
+                t.join(0.2)
+                if time.monotonic() > deadline:
+                    raise BenchError("%s: threads still running after %.0f s" % (what, timeout))
+    finally:
+        stop.set()
+        for t in workers:
+            t.join(2)
+
+
+def fanout_throughput(bootstrap: str, topic: str, n: int, records_total: int, pool: List[bytes],
+                      timeout: float) -> dict:
+    """n producers in n threads, each sending records_total/n records as fast as it can."""
+    errors = ClientErrors()
+    per = records_total // n
+    producers = _start_producers(bootstrap, topic, n, {"linger.ms": 5, "acks": "all",
+                                                      "compression.type": "none"},
+                                 pool[0], errors, min(60.0, timeout))
+    go, stop = threading.Event(), threading.Event()
+    states = [{"delivered": 0, "failed": 0, "last": 0.0, "error": None} for _ in range(n)]
+    n_pool = len(pool)
+
+    def work(idx: int) -> None:
+        p, st = producers[idx], states[idx]
+
+        def cb(err, msg):
+            if err is None:
+                st["delivered"] += 1
+            else:
+                st["failed"] += 1
+                st["error"] = st["error"] or err.str()
+            st["last"] = time.perf_counter()
+
+        try:
+            go.wait()
+            i = 0
+            while i < per and not stop.is_set():
+                try:
+                    p.produce(topic, pool[(idx + i) % n_pool], on_delivery=cb)
+                    i += 1
+                except BufferError:
+                    p.poll(0.001)
+                if i % 100 == 0:
+                    p.poll(0)
+            while st["delivered"] + st["failed"] < per and not stop.is_set():
+                p.poll(0.05)
+        except Exception as e:  # reported below
+            st["error"] = st["error"] or repr(e)
+
+    workers = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(n)]
+    for t in workers:
+        t.start()
+    t0 = time.perf_counter()
+    go.set()
+    try:
+        _run_threads(workers, stop, timeout, "fan-out produce")
+    finally:
+        for p in producers:
+            p.flush(1)
+        del producers
+    delivered = sum(s["delivered"] for s in states)
+    bad = [s["error"] for s in states if s["error"]]
+    if bad or delivered < per * n:
+        raise BenchError("fan-out produce: %d of %d delivered; errors: %s"
+                         % (delivered, per * n, bad[:3]))
+    elapsed = max(s["last"] for s in states) - t0
+    payload = per * n * len(pool[0])
+    return {
+        "producers": n,
+        "records": per * n,
+        "payload_bytes": payload,
+        "seconds": round(elapsed, 4),
+        "mb_per_s": payload / MB / elapsed,
+        "client_errors": errors.seen,
+        "client_error_count": errors.count,
+    }
+
+
+def fanout_latency(bootstrap: str, topic: str, n: int, rate_each: float, seconds: float,
+                   pool: List[bytes], timeout: float) -> dict:
+    """n producers in n threads at rate_each records/s each, schedules staggered evenly."""
+    errors = ClientErrors()
+    producers = _start_producers(bootstrap, topic, n, {"linger.ms": 0, "acks": "all",
+                                                      "compression.type": "none"},
+                                 pool[0], errors, min(60.0, timeout))
+    per = int(rate_each * seconds)
+    interval = 1.0 / rate_each
+    go, stop = threading.Event(), threading.Event()
+    lat: List[List[float]] = [[] for _ in range(n)]
+    errs: List[Optional[str]] = [None] * n
+    late = [0] * n
+    n_pool = len(pool)
+    t0_box = [0.0]
+
+    def work(idx: int) -> None:
+        p, mine = producers[idx], lat[idx]
+        failed = []
+
+        def cb(sent_at, err, msg):
+            now = time.perf_counter()
+            if err is None:
+                mine.append(now - sent_at)
+            else:
+                failed.append(err.str())
+
+        try:
+            go.wait()
+            start = t0_box[0] + idx * interval / n
+            for i in range(per):
+                if stop.is_set():
+                    return
+                due = start + i * interval
+                poll_until(p, due)
+                sent_at = time.perf_counter()
+                if sent_at - due > interval:
+                    late[idx] += 1
+                p.produce(topic, pool[(idx + i) % n_pool],
+                          on_delivery=lambda err, msg, s=sent_at: cb(s, err, msg))
+                p.poll(0)
+            while len(mine) + len(failed) < per and not stop.is_set():
+                p.poll(0.05)
+            if failed:
+                errs[idx] = failed[0]
+        except Exception as e:
+            errs[idx] = repr(e)
+
+    workers = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(n)]
+    for t in workers:
+        t.start()
+    t0_box[0] = time.perf_counter() + 0.05
+    go.set()
+    try:
+        _run_threads(workers, stop, seconds + timeout, "fan-out latency")
+    finally:
+        for p in producers:
+            p.flush(1)
+        del producers
+    wall = time.perf_counter() - t0_box[0]
+    all_lat = [x for xs in lat for x in xs]
+    bad = [e for e in errs if e]
+    if bad or len(all_lat) < per * n:
+        raise BenchError("fan-out latency: %d of %d delivered; errors: %s"
+                         % (len(all_lat), per * n, bad[:3]))
+    out = {
+        "producers": n,
+        "records": per * n,
+        "payload_bytes": per * n * len(pool[0]),
+        "target_rate": rate_each * n,
+        "achieved_rate": round(per * n / wall, 1),
+        "sent_late": sum(late),
+        "client_errors": errors.seen,
+        "client_error_count": errors.count,
+    }
+    out.update(latency_stats(all_lat))
+    return out
+
+
+# --- Kafka's own perf tools (Java client) ----------------------------------
+
+
+def java_binary() -> str:
+    if os.environ.get("JAVA"):
+        return os.environ["JAVA"]
+    jh = os.environ.get("JAVA_HOME")
+    if jh and os.access(os.path.join(jh, "bin", "java"), os.X_OK):
+        return os.path.join(jh, "bin", "java")
+    return "java"
+
+
+def java_tool(args, cls: str, tool_args: List[str], timeout: float) -> Tuple[str, float]:
+    # The JVM flags of Kafka's bin/kafka-*-perf-test.sh (kafka-run-class.sh defaults, 512 MB heap).
+    argv = [java_binary(), "-Xmx512M", "-server", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            "-XX:InitiatingHeapOccupancyPercent=35", "-XX:+ExplicitGCInvokesConcurrent",
+            "-XX:MaxInlineLevel=15", "-Djava.awt.headless=true", "-Xshare:auto",
+            "-Dlog4j2.configurationFile=" + os.path.join(HERE, "perf-tools-log4j2.yaml"),
+            "-cp", os.path.join(args.kafka_libs, "*"), cls] + tool_args
+    out, err, wall = run_child(argv, timeout, cls.rsplit(".", 1)[1])
+    return out + "\n" + err, wall
+
+
+_PP_RE = re.compile(r'(\d+) records sent, ([\d.]+) records/sec \(([\d.]+) MB/sec\), ([\d.]+) ms avg '
+                    r'latency, ([\d.]+) ms max latency, (\d+) ms 50th, (\d+) ms 95th, (\d+) ms 99th, '
+                    r'(\d+) ms 99\.9th')
+
+
+def java_produce(args, bootstrap: str, topic: str, records: int, timeout: float) -> dict:
+    out, wall = java_tool(args, "org.apache.kafka.tools.ProducerPerformance", [
+        "--topic", topic, "--num-records", str(records), "--record-size", str(args.record_bytes),
+        "--throughput", "-1", "--producer-props", "bootstrap.servers=" + bootstrap, "acks=all",
+    ], timeout)
+    m = _PP_RE.search(out)
+    if not m:
+        raise BenchError("ProducerPerformance: no summary line in its output:\n%s" % out[-2000:])
+    sent, rps = int(m.group(1)), float(m.group(2))
+    if sent != records:
+        raise BenchError("ProducerPerformance sent %d of %d records" % (sent, records))
+    return {
+        "records": records,
+        "payload_bytes": records * args.record_bytes,
+        "records_per_s": rps,
+        "mb_per_s": rps * args.record_bytes / MB,
+        "tool_mib_per_s": float(m.group(3)),
+        "avg_latency_ms": float(m.group(4)),
+        "p50_ms": int(m.group(6)), "p99_ms": int(m.group(8)), "p999_ms": int(m.group(9)),
+        "jvm_wall_s": round(wall, 2),
+        "summary_line": m.group(0),
+    }
+
+
+def java_consume(args, bootstrap: str, topic: str, records: int, group: str, timeout: float) -> dict:
+    out, wall = java_tool(args, "org.apache.kafka.tools.ConsumerPerformance", [
+        "--bootstrap-server", bootstrap, "--topic", topic, "--messages", str(records),
+        "--group", group, "--timeout", "20000",
+    ], timeout)
+    lines = [ln.strip() for ln in out.splitlines()]
+    try:
+        i = next(k for k, ln in enumerate(lines) if ln.startswith("start.time"))
+        header = [h.strip() for h in lines[i].split(",")]
+        values = dict(zip(header, [v.strip() for v in lines[i + 1].split(",")]))
+        mib = float(values["data.consumed.in.MB"])
+        n = int(values["data.consumed.in.nMsg"])
+        rebalance_ms = float(values["rebalance.time.ms"])
+        fetch_ms = float(values["fetch.time.ms"])
+    except (StopIteration, IndexError, KeyError, ValueError):
+        raise BenchError("ConsumerPerformance: no result line in its output:\n%s" % out[-2000:])
+    if n < records:
+        raise BenchError("ConsumerPerformance read %d of %d records:\n%s" % (n, records, out[-1000:]))
+    return {
+        "records": n,
+        "payload_bytes": int(mib * MIB),
+        "mb_per_s": mib * MIB / MB / (fetch_ms / 1000) if fetch_ms > 0 else None,
+        "tool_fetch_mib_per_s": float(values.get("fetch.MB.sec", "nan")),
+        "fetch_ms": fetch_ms,
+        "rebalance_ms": rebalance_ms,
+        "jvm_wall_s": round(wall, 2),
     }
 
 
 # --- the run ---------------------------------------------------------------
 
 
-def run_side(stack: Stack, side: str, rnd: int, args, pool: List[bytes], budget: Budget,
-             topics: Dict[str, str], rounds: List[dict]) -> None:
-    """Runs the three phases for one side; partial results stay in `rounds` on failure."""
-    bootstrap = stack.bootstrap(side)
-    out: dict = {"round": rnd, "side": side}
-    rounds.append(out)
-    phases: List[tuple] = [
-        ("produce", lambda: produce_throughput(
-            bootstrap, topics["tput"], args.records, pool, min(120.0, budget.left()))),
-        ("consume", lambda: consume_throughput(
-            bootstrap, topics["tput"], args.records + 1, min(120.0, budget.left()), args.quiet_s)),
-        ("latency", lambda: produce_latency(
-            bootstrap, topics["lat"], args.latency_rate, args.latency_seconds, pool,
-            min(60.0, budget.left()))),
-    ]
-    for name, fn in phases:
-        budget.check("%s %s round %d" % (name, side, rnd))
-        stack.check_alive()
+def phase_fn(name: str, args, stack: Stack, side: str, topics: Dict[str, str], rnd: int,
+             pool: List[bytes], budget: Budget) -> Callable[[], dict]:
+    bs = stack.bootstrap(side)
+    t = lambda cap: min(cap, max(1.0, budget.left()))  # noqa: E731
+    if name == "rdk_produce":
+        return lambda: produce_throughput(bs, topics["rdk"], args.records, pool, t(180.0))
+    if name == "rdk_consume":
+        return lambda: consume_throughput(bs, topics["rdk"], args.records + 1, t(180.0), args.quiet_s)
+    if name == "java_produce":
+        return lambda: java_produce(args, bs, topics["java"], args.java_records, t(240.0))
+    if name == "java_consume":
+        return lambda: java_consume(args, bs, topics["java"], args.java_records,
+                                    topics["group"], t(240.0))
+    if name == "latency":
+        return lambda: produce_latency(bs, topics["lat"], args.latency_rate, args.latency_seconds,
+                                       pool, t(60.0))
+    if name == "fanout_tput":
+        return lambda: fanout_throughput(bs, topics["fan"], args.fanout_producers,
+                                         args.fanout_records, pool, t(180.0))
+    if name == "fanout_latency":
+        return lambda: fanout_latency(bs, topics["fanlat"], args.fanout_producers,
+                                      args.fanout_rate, args.latency_seconds, pool, t(60.0))
+    raise ValueError(name)
+
+
+def brief(name: str, r: dict) -> str:
+    if "p50_ms" in r and name in ("latency", "fanout_latency"):
+        return "p50 %.3f p99 %.3f p99.9 %.3f ms" % (r["p50_ms"], r["p99_ms"], r["p999_ms"])
+    return "%s MB/s" % fmt(r.get("mb_per_s"))
+
+
+def run_round(args, stack: Stack, rnd: int, run_id: str, pool: List[bytes], budget: Budget,
+              rounds: List[dict], gate: QuietGate) -> None:
+    """All phases of one round, the two sides of each phase back to back."""
+    outs = {side: {"round": rnd, "side": side} for side in ("direct", "proxied")}
+    # Listed now, so a failed phase leaves the partial results in the report.
+    rounds.extend([outs["direct"], outs["proxied"]])
+    topics = {side: {
+        "rdk": "bench-%s-r%d-%s-rdk" % (run_id, rnd, side),
+        "java": "bench-%s-r%d-%s-java" % (run_id, rnd, side),
+        "lat": "bench-%s-r%d-%s-lat" % (run_id, rnd, side),
+        "fan": "bench-%s-r%d-%s-fan" % (run_id, rnd, side),
+        "fanlat": "bench-%s-r%d-%s-fanlat" % (run_id, rnd, side),
+        "group": "bench-%s-r%d-%s" % (run_id, rnd, side),
+    } for side in ("direct", "proxied")}
+    warm = "bench-%s-r%d-warm-up" % (run_id, rnd)
+    create_topics(stack.bootstrap("direct"),
+                  [warm] + [v for ts in topics.values() for k, v in ts.items() if k != "group"], 1, 60)
+    # Untimed: the broker's first writes and reads (JIT) and the proxy's first connections.
+    if args.warmup_records:
+        for side in ("direct", "proxied"):
+            produce_throughput(stack.bootstrap(side), warm, args.warmup_records, pool,
+                               min(120.0, budget.left()))
+        for side in ("direct", "proxied"):
+            consume_throughput(stack.bootstrap(side), warm, args.warmup_records, min(120.0, budget.left()), 0)
+    for j, name in enumerate(PHASES):
+        if name not in args.phases:
+            continue
+        order = ("direct", "proxied") if (rnd + j) % 2 == 0 else ("proxied", "direct")
+        gated = gate.wait(stack)
+        for side in order:
+            budget.check("%s %s round %d" % (name, side, rnd))
+            stack.check_alive()
+            fn = phase_fn(name, args, stack, side, topics[side], rnd, pool, budget)
+            with Meter(stack) as meter:
+                result = fn()
+            stack.check_alive()
+            result["meter"] = meter.as_dict()
+            result["gate"] = gated
+            outs[side][name] = result
+            mm = result["meter"]
+            print("  round %d %-14s %-7s %-34s cpu s: wire-guard %.2f, broker %.2f, client %.2f, "
+                  "other %.2f; wall %.1f s"
+                  % (rnd, name, side, brief(name, result), mm["proxy_cpu_s"], mm["broker_cpu_s"],
+                     mm["client_cpu_s"], mm["other_cpu_s"], mm["wall_s"]), flush=True)
+
+
+# --- consume diagnosis -----------------------------------------------------
+
+
+def broker_rtt(stats: List[dict], api: str = "Fetch") -> dict:
+    """Request count, bytes and the mean request round trip to broker node 1 from librdkafka stats."""
+    last = None
+    num = den = 0.0
+    for s in stats:
+        for b in s.get("brokers", {}).values():
+            if b.get("nodeid") != NODE_ID:
+                continue
+            rtt = b.get("rtt", {})
+            if rtt.get("cnt"):
+                num += rtt["avg"] * rtt["cnt"]
+                den += rtt["cnt"]
+            last = b
+    if last is None:
+        return {}
+    n = last.get("req", {}).get(api, 0)
+    moved = last.get("rxbytes" if api == "Fetch" else "txbytes", 0)
+    return {
+        "rtt_mean_ms": num / den / 1000 if den else None,
+        "requests": n,
+        "bytes": moved,
+        "bytes_per_request": moved / n if n else None,
+    }
+
+
+def perf_stat_events() -> List[str]:
+    want = ["recvfrom", "sendto", "read", "write", "writev", "readv", "epoll_wait", "epoll_pwait",
+            "futex", "sched_yield", "splice"]
+    have = []
+    for name in want:
+        if os.path.exists("/sys/kernel/tracing/events/syscalls/sys_enter_%s" % name):
+            have.append("syscalls:sys_enter_%s" % name)
+    return ["task-clock", "context-switches", "cpu-migrations", "page-faults", "raw_syscalls:sys_enter"] + have
+
+
+def under_tracer(tracer_argv: List[str], ready_marker: Optional[str], fn: Callable[[], dict],
+                 log: str) -> Tuple[dict, str]:
+    """Runs fn() while a tracer (perf stat / strace) is attached; returns fn's result and the
+    tracer's stderr. The tracer is stopped with SIGINT, which makes both print their summary."""
+    with open(log, "wb") as errf:
+        proc = subprocess.Popen(tracer_argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=errf, preexec_fn=_die_with_parent, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            if proc.poll() is not None:
+                raise BenchError("%s exited early: %s" % (tracer_argv[0], tail(log)))
+            if ready_marker is None:
+                time.sleep(1.0)
+                break
+            if ready_marker in tail(log, 50):
+                break
+            if time.monotonic() > deadline:
+                raise BenchError("%s did not attach: %s" % (tracer_argv[0], tail(log)))
+            time.sleep(0.05)
+        result = fn()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+    return result, tail(log, 200)
+
+
+def parse_perf_stat_csv(text: str) -> Dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        parts = line.split(",")
+        if len(parts) >= 3:
+            try:
+                out[parts[2]] = float(parts[0])
+            except ValueError:
+                pass
+    return out
+
+
+def parse_strace_c(path: str) -> List[dict]:
+    rows = []
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) not in (4, 5) or parts[0] in ("syscall",) or parts[0].startswith("-"):
+                    continue
+                try:
+                    rows.append({"syscall": parts[0], "calls": int(parts[1]),
+                                 "errors": int(parts[2]) if len(parts) == 5 else 0,
+                                 "seconds": float(parts[-2]), "pct_time": float(parts[-1])})
+                except ValueError:
+                    continue
+    except OSError:
+        pass
+    return rows
+
+
+DIAG_BIG_FETCH = {"max.partition.fetch.bytes": 8 * MIB, "fetch.max.bytes": 64 * MIB}
+DIAG_BROKER_BUFFERS = ["socket.send.buffer.bytes=1048576", "socket.receive.buffer.bytes=1048576"]
+
+
+def diag_runs(stack: Stack, topic: str, expected: int, plan: List[Tuple[str, str, str]], args,
+              pool: List[bytes], budget: Budget, first_index: int) -> List[dict]:
+    """Runs (kind, variant, side) with librdkafka statistics on; one dict per run."""
+    runs = []
+    for i, (kind, variant, side) in enumerate(plan):
+        stats: List[dict] = []
         with Meter(stack) as meter:
-            result = fn()
-        stack.check_alive()
-        result["meter"] = meter.as_dict()
-        out[name] = result
-        brief = ("%s MB/s" % fmt(result["mb_per_s"])) if "mb_per_s" in result else (
-            "p50 %.3f ms p99 %.3f ms" % (result["p50_ms"], result["p99_ms"]))
-        print("  round %d %-7s %-7s %-26s cpu s: wire-guard %.2f, broker %.2f, client %.2f, "
-              "other %.2f; wall %.2f s"
-              % (rnd, side, name, brief, meter.proxy_cpu_s, meter.broker_cpu_s,
-                 meter.client_cpu_s, meter.other_cpu_s, meter.wall_s), flush=True)
+            if kind == "consume":
+                # Statistics stop at the last record (they are served from consume() calls), and
+                # the meter's mark keeps the trailing long-poll Fetch out of the proxy's figure.
+                extra = DIAG_BIG_FETCH if variant == "8 MiB fetches" else None
+                r = consume_throughput(stack.bootstrap(side), topic, expected,
+                                       min(120.0, budget.left()), 0, stats, extra, meter.mark)
+            else:
+                r = produce_throughput(stack.bootstrap(side), "%s-p%d" % (topic, first_index + i),
+                                       args.records, pool, min(120.0, budget.left()), stats)
+        r = {"kind": kind, "variant": variant, "side": side, "mb_per_s": r["mb_per_s"],
+             "seconds": r["seconds"], "payload_bytes": r["payload_bytes"]}
+        r.update(broker_rtt(stats, "Fetch" if kind == "consume" else "Produce"))
+        r["meter"] = meter.as_dict()
+        runs.append(r)
+        print("  diagnosis %s %-16s %-7s %s MB/s, mean rtt %s ms, %s bytes/request; wire-guard "
+              "cpu user %.2f sys %.2f s"
+              % (kind, variant, side, fmt(r["mb_per_s"]), fmt(r.get("rtt_mean_ms"), 3),
+                 fmt(r.get("bytes_per_request"), 0), r["meter"]["proxy_user_s"],
+                 r["meter"]["proxy_sys_s"]), flush=True)
+    return runs
+
+
+def perf_stat_run(stack: Stack, ddir: str, label: str, fn: Callable[[], dict]) -> dict:
+    """fn() under `perf stat` on wire-guard: counts, per MB of record values and per request."""
+    log = os.path.join(ddir, "perf-stat-%s.txt" % re.sub(r"\W+", "-", label))
+    try:
+        with Meter(stack) as meter:
+            r, text = under_tracer(["perf", "stat", "-x,", "-e", ",".join(perf_stat_events()),
+                                    "-p", str(stack.proxy.pid)], None, fn, log)
+    except BenchError as e:
+        return {"label": label, "error": str(e)}
+    counts = parse_perf_stat_csv(text)
+    mb = r["payload_bytes"] / MB
+    m = meter.as_dict()
+    reqs = m["proxy_requests"]
+    out = {"label": label, "mb_per_s": r.get("mb_per_s"), "payload_mb": mb, "meter": m,
+           "counts": counts, "requests": reqs,
+           "per_mb": {k: v / mb for k, v in counts.items()},
+           "per_request": {k: v / reqs for k, v in counts.items()} if reqs else {}}
+    if "p50_ms" in r:
+        out.update({k: r[k] for k in ("p50_ms", "p99_ms", "p999_ms")})
+    print("  diagnosis perf stat (%s): %s" % (label, ", ".join(
+        "%s %.2f/MB" % (k.replace("syscalls:sys_enter_", ""), v)
+        for k, v in out["per_mb"].items() if v)), flush=True)
+    return out
+
+
+def consume_diagnosis(args, pool: List[bytes], workdir: str, run_id: str, budget: Budget) -> dict:
+    """Where the proxied consume loses time.
+
+    On a fresh broker and proxy: single-client consume and produce runs, direct and proxied
+    alternating, with librdkafka's per-request round trips; the same with 8 MiB fetches; wire-guard
+    under perf stat (syscall tracepoints) and strace -c during a consume and under perf stat during
+    a fixed-rate produce; then, on a second broker whose socket buffers are 1 MiB instead of
+    Kafka's 100 KiB default, the consume runs again.
+    """
+    d: dict = {"records": args.records}
+    ddir = os.path.join(workdir, "diagnosis")
+    os.makedirs(ddir)
+    expected = args.records + 1
+    have_perf = shutil.which("perf") is not None
+
+    def prepare(stack: Stack, topic: str, produce_topics: int) -> None:
+        create_topics(stack.bootstrap("direct"),
+                      [topic] + ["%s-p%d" % (topic, i) for i in range(produce_topics)], 1, 60)
+        produce_throughput(stack.bootstrap("direct"), topic, args.records, pool,
+                           min(180.0, budget.left()))
+        for side in ("direct", "proxied"):  # untimed warm-up of the read path
+            consume_throughput(stack.bootstrap(side), topic, expected, min(120.0, budget.left()), 0)
+
+    def proxied_consume(stack: Stack, topic: str) -> Callable[[], dict]:
+        return lambda: consume_throughput(stack.bootstrap("proxied"), topic, expected,
+                                          min(180.0, budget.left()), 0)
+
+    stack = Stack(args, os.path.join(ddir, "default"))
+    try:
+        topic = "bench-%s-diag" % run_id
+        plan = [("consume", "default", side) for side in
+                ("direct", "proxied", "proxied", "direct", "direct", "proxied")]
+        plan += [("consume", "8 MiB fetches", side) for side in ("proxied", "direct", "direct", "proxied")]
+        plan += [("produce", "default", side) for side in ("direct", "proxied", "proxied", "direct")]
+        prepare(stack, topic, len(plan))
+        d["runs"] = diag_runs(stack, topic, expected, plan, args, pool, budget, 0)
+        if have_perf:
+            d["perf_consume"] = perf_stat_run(stack, ddir, "consume", proxied_consume(stack, topic))
+            lat_topic = "%s-p0" % topic
+            d["perf_latency"] = perf_stat_run(
+                stack, ddir, "fixed-rate produce",
+                lambda: produce_latency(stack.bootstrap("proxied"), lat_topic, args.latency_rate,
+                                        5.0, pool, min(60.0, budget.left())))
+        if shutil.which("strace"):
+            out = os.path.join(ddir, "strace-c.txt")
+            try:
+                with Meter(stack) as meter:
+                    r, _ = under_tracer(
+                        ["strace", "-c", "-f", "-U", "name,calls,errors,total-time,time-percent",
+                         "-o", out, "-p", str(stack.proxy.pid)], "attached",
+                        proxied_consume(stack, topic), os.path.join(ddir, "strace.log"))
+                rows = parse_strace_c(out)
+                mb = r["payload_bytes"] / MB
+                for row in rows:
+                    row["calls_per_mb"] = row["calls"] / mb
+                d["strace"] = {"mb_per_s": r["mb_per_s"], "payload_mb": mb, "meter": meter.as_dict(),
+                               "rows": rows}
+                print("  diagnosis strace -c: %s MB/s (traced); top: %s" % (fmt(r["mb_per_s"]), ", ".join(
+                    "%s %.1f/MB" % (x["syscall"], x["calls_per_mb"]) for x in rows[:6])), flush=True)
+            except BenchError as e:
+                d["strace"] = {"error": str(e)}
+        d["proxy_log"] = proxy_log_summary(stack.proxy.log)
+    finally:
+        stack.stop()
+
+    stack = Stack(args, os.path.join(ddir, "big-buffers"), DIAG_BROKER_BUFFERS)
+    try:
+        topic = "bench-%s-diag-bigbuf" % run_id
+        prepare(stack, topic, 0)
+        plan = [("consume", "broker buffers 1 MiB", side)
+                for side in ("direct", "proxied", "proxied", "direct", "direct", "proxied")]
+        d["runs"] += diag_runs(stack, topic, expected, plan, args, pool, budget, 0)
+        if have_perf:
+            d["perf_consume_bigbuf"] = perf_stat_run(stack, ddir, "consume, broker buffers 1 MiB",
+                                                     proxied_consume(stack, topic))
+    finally:
+        stack.stop()
+    return d
+
+
+# --- summary ---------------------------------------------------------------
 
 
 def median(values: List[float]) -> Optional[float]:
@@ -644,60 +1448,73 @@ def other_cores(result: dict) -> float:
     return m["other_cpu_s"] / m["wall_s"] if m["wall_s"] else 0.0
 
 
-def summarize(rounds: List[dict], stack_info: dict) -> dict:
+# (key, phase, field, kind): kind "ratio" for throughput, "delta" for latency, "info" for
+# figures shown per side without a target.
+METRICS = [
+    ("rdk_produce_mb_per_s", "rdk_produce", "mb_per_s", "ratio"),
+    ("rdk_consume_mb_per_s", "rdk_consume", "mb_per_s", "ratio"),
+    ("java_produce_mb_per_s", "java_produce", "mb_per_s", "ratio"),
+    ("java_consume_mb_per_s", "java_consume", "mb_per_s", "ratio"),
+    ("java_consume_join_ms", "java_consume", "rebalance_ms", "delta"),
+    ("latency_p50_ms", "latency", "p50_ms", "delta"),
+    ("latency_p99_ms", "latency", "p99_ms", "delta"),
+    ("latency_p999_ms", "latency", "p999_ms", "delta"),
+    ("fanout_mb_per_s", "fanout_tput", "mb_per_s", "ratio"),
+    ("fanout_latency_p50_ms", "fanout_latency", "p50_ms", "delta"),
+    ("fanout_latency_p99_ms", "fanout_latency", "p99_ms", "delta"),
+    ("fanout_latency_p999_ms", "fanout_latency", "p999_ms", "delta"),
+]
+
+
+def summarize(rounds: List[dict]) -> dict:
     by_side = {s: [r for r in rounds if r["side"] == s] for s in ("direct", "proxied")}
-
-    def med(side: str, phase: str, key: str) -> Optional[float]:
-        return median([r[phase][key] for r in by_side[side] if phase in r])
-
     summary: dict = {}
-    for key, phase, field in (
-        ("produce_mb_per_s", "produce", "mb_per_s"),
-        ("consume_mb_per_s", "consume", "mb_per_s"),
-        ("produce_latency_p50_ms", "latency", "p50_ms"),
-        ("produce_latency_p99_ms", "latency", "p99_ms"),
-    ):
-        d, p = med("direct", phase, field), med("proxied", phase, field)
-        entry: dict = {"direct": d, "proxied": p}
+    for key, phase, field, kind in METRICS:
+        vals = {side: [r[phase][field] for r in by_side[side]
+                       if phase in r and r[phase].get(field) is not None]
+                for side in ("direct", "proxied")}
+        entry: dict = {"direct": median(vals["direct"]), "proxied": median(vals["proxied"]),
+                       "kind": kind}
         for side in ("direct", "proxied"):
-            vals = [r[phase][field] for r in by_side[side] if phase in r and r[phase][field] is not None]
-            entry[side + "_range"] = [min(vals), max(vals)] if vals else None
+            entry[side + "_range"] = [min(vals[side]), max(vals[side])] if vals[side] else None
         # Within-round comparison, less exposed to drift between rounds; "quiet" pairs are those
         # where other work on the machine stayed under QUIET_OTHER_CORES during both phases.
-        paired = []
-        quiet_pairs = []
+        paired, quiet = [], []
         for rd in by_side["direct"]:
             rp = next((r for r in by_side["proxied"] if r["round"] == rd["round"]), None)
-            if rp is None or rd[phase][field] is None or rp[phase][field] is None:
+            if rp is None or phase not in rd or phase not in rp:
                 continue
-            if key.endswith("_ms"):
-                v = rp[phase][field] - rd[phase][field]
-            elif rd[phase][field]:
-                v = rp[phase][field] / rd[phase][field]
+            a, b = rd[phase].get(field), rp[phase].get(field)
+            if a is None or b is None:
+                continue
+            if kind == "ratio":
+                if not a:
+                    continue
+                v = b / a
             else:
-                continue
+                v = b - a
             paired.append(v)
             if max(other_cores(rd[phase]), other_cores(rp[phase])) < QUIET_OTHER_CORES:
-                quiet_pairs.append(v)
-        entry["quiet_pairs"] = len(quiet_pairs)
-        if d is not None and p is not None:
-            if key.endswith("_ms"):
-                entry["delta_ms"] = p - d
-                entry["paired_delta_ms_median"] = median(paired)
-                entry["quiet_paired_delta_ms_median"] = median(quiet_pairs)
-            else:
-                entry["ratio"] = p / d if d else None
-                entry["paired_ratio_median"] = median(paired)
-                entry["quiet_paired_ratio_median"] = median(quiet_pairs)
+                quiet.append(v)
+        entry["paired"] = paired
+        entry["paired_median"] = median(paired)
+        entry["paired_range"] = [min(paired), max(paired)] if paired else None
+        entry["quiet_pairs"] = len(quiet)
+        entry["quiet_paired_median"] = median(quiet)
         summary[key] = entry
 
-    # wire-guard cost: over every proxied phase, and over the bulk (throughput) phases alone,
-    # where per-request overhead is spread over large batches.
-    for label, phases in (("all", ("produce", "consume", "latency")), ("bulk", ("produce", "consume")),
-                          ("latency", ("latency",))):
+    # wire-guard cost: over the bulk (throughput) phases, where per-request overhead is spread
+    # over large batches, over the fixed-rate phases, and over everything.
+    groups = {
+        "bulk": ("rdk_produce", "rdk_consume", "java_produce", "java_consume", "fanout_tput"),
+        "consume": ("rdk_consume", "java_consume"),
+        "produce": ("rdk_produce", "java_produce", "fanout_tput"),
+        "latency": ("latency", "fanout_latency"),
+        "all": PHASES,
+    }
+    for label, phases in groups.items():
         cpu = 0.0
-        wire = 0
-        payload = 0
+        wire = payload = requests = 0
         for r in by_side["proxied"]:
             for phase in phases:
                 if phase not in r:
@@ -705,12 +1522,8 @@ def summarize(rounds: List[dict], stack_info: dict) -> dict:
                 m = r[phase]["meter"]
                 cpu += m["proxy_cpu_s"]
                 wire += sum(m["proxy_bytes"].values())
-                if phase == "latency":
-                    payload += r[phase]["records"] * stack_info["record_bytes"]
-                else:
-                    payload += r[phase]["payload_bytes"]
-        requests = sum(r[ph]["meter"]["proxy_requests"] for r in by_side["proxied"]
-                       for ph in phases if ph in r)
+                payload += r[phase].get("payload_bytes", 0)
+                requests += m["proxy_requests"]
         summary["proxy_cost_" + label] = {
             "requests": requests,
             "cpu_us_per_request": cpu / requests * 1e6 if requests else None,
@@ -721,10 +1534,24 @@ def summarize(rounds: List[dict], stack_info: dict) -> dict:
             "cpu_s_per_gb_payload": cpu / (payload / GB) if payload else None,
         }
 
+    def max_of(phases, field):
+        vals = [r[ph]["meter"][field] for r in by_side["proxied"] for ph in phases if ph in r]
+        return max(vals) if vals else None
+
+    single = ("rdk_produce", "rdk_consume", "java_produce", "java_consume", "latency")
+    summary["proxy_rss"] = {
+        "single_client_max_rss_kib": max_of(single, "proxy_max_rss_kib"),
+        "fanout_max_rss_kib": max_of(("fanout_tput", "fanout_latency"), "proxy_max_rss_kib"),
+        "fanout_tput_max_rss_kib": max_of(("fanout_tput",), "proxy_max_rss_kib"),
+        "fanout_latency_max_rss_kib": max_of(("fanout_latency",), "proxy_max_rss_kib"),
+        "fanout_latency_max_connections": max_of(("fanout_latency",), "proxy_max_connections"),
+        "fanout_max_connections": max_of(("fanout_tput", "fanout_latency"), "proxy_max_connections"),
+    }
+
     # How busy the box was: CPU seconds of client + broker + proxy per wall second, per phase.
     busy: dict = {}
     for side in ("direct", "proxied"):
-        for phase in ("produce", "consume", "latency"):
+        for phase in PHASES:
             vals = []
             for r in by_side[side]:
                 if phase in r:
@@ -734,9 +1561,17 @@ def summarize(rounds: List[dict], stack_info: dict) -> dict:
             busy.setdefault(phase, {})[side] = median(vals)
     summary["cores_busy"] = busy
     other = [r[ph]["meter"]["other_cpu_s"] / r[ph]["meter"]["wall_s"]
-             for r in rounds for ph in ("produce", "consume", "latency")
-             if ph in r and r[ph]["meter"]["wall_s"]]
+             for r in rounds for ph in PHASES if ph in r and r[ph]["meter"]["wall_s"]]
     summary["other_cores_busy"] = {"median": median(other), "max": max(other) if other else None}
+    errors = {}
+    for r in by_side["proxied"]:
+        for ph in PHASES:
+            if ph in r:
+                for k, v in r[ph]["meter"]["proxy_errors"].items():
+                    errors[k] = errors.get(k, 0) + v
+    summary["proxy_connection_errors"] = errors
+    summary["client_errors"] = sorted({e for r in rounds for ph in PHASES if ph in r
+                                       for e in r[ph].get("client_errors", [])})
     return summary
 
 
@@ -781,134 +1616,316 @@ def machine_info() -> dict:
 
 def tool_version(argv: List[str]) -> str:
     try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
         return (out.stdout or out.stderr).strip().splitlines()[0]
     except (OSError, IndexError, subprocess.TimeoutExpired):
         return "unknown"
 
 
+def kafka_version(libs: str) -> str:
+    try:
+        for name in sorted(os.listdir(libs)):
+            m = re.match(r"kafka-clients-(.+)\.jar$", name)
+            if m:
+                return "Apache Kafka %s" % m.group(1)
+    except OSError:
+        pass
+    return "Apache Kafka (unknown version)"
+
+
+def git_state() -> str:
+    """The commit measured, and whether wire-guard's sources differ from it."""
+    try:
+        head = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--", "wire-guard"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return "%s%s" % (head or "unknown", " (wire-guard/ modified)" if dirty else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
 def fmt(v: Optional[float], digits: int = 1) -> str:
-    return "n/a" if v is None else "%.*f" % (digits, v)
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else "%.*f" % (digits, v)
+
+
+LABELS = {
+    "rdk_produce_mb_per_s": "produce MB/s, librdkafka (1 producer)",
+    "rdk_consume_mb_per_s": "consume MB/s, librdkafka (1 consumer, assign)",
+    "java_produce_mb_per_s": "produce MB/s, Java ProducerPerformance",
+    "java_consume_mb_per_s": "consume MB/s, Java ConsumerPerformance (fetch rate)",
+    "java_consume_join_ms": "Java consumer group join (ms, info)",
+    "latency_p50_ms": "produce latency p50 (ms), librdkafka @ %(rate)s/s",
+    "latency_p99_ms": "produce latency p99 (ms), librdkafka @ %(rate)s/s",
+    "latency_p999_ms": "produce latency p99.9 (ms), librdkafka @ %(rate)s/s",
+    "fanout_mb_per_s": "produce MB/s, %(n)d producers at once",
+    "fanout_latency_p50_ms": "produce latency p50 (ms), %(n)d producers @ %(frate)s/s each",
+    "fanout_latency_p99_ms": "produce latency p99 (ms), %(n)d producers @ %(frate)s/s each",
+    "fanout_latency_p999_ms": "produce latency p99.9 (ms), %(n)d producers @ %(frate)s/s each",
+}
+TARGET_ROWS = {"rdk_produce_mb_per_s", "rdk_consume_mb_per_s", "java_produce_mb_per_s",
+               "java_consume_mb_per_s", "fanout_mb_per_s", "latency_p99_ms", "fanout_latency_p99_ms"}
+
+
+def verdict(key: str, e: dict) -> Tuple[str, str]:
+    """(target text, verdict) for a row; the verdict is on the median of the paired figures."""
+    if key not in TARGET_ROWS:
+        return "", ""
+    pm, pr = e.get("paired_median"), e.get("paired_range")
+    if e["kind"] == "ratio":
+        tgt = "≥ %.2f×" % TARGET_THROUGHPUT_RATIO
+        if pm is None:
+            return tgt, "n/a"
+        v = "met" if pm >= TARGET_THROUGHPUT_RATIO else "**missed**"
+        if pr and pr[0] < TARGET_THROUGHPUT_RATIO <= pr[1]:
+            v += " (rounds on both sides)"
+        return tgt, v
+    tgt = "< +%.1f ms" % TARGET_ADDED_P99_MS
+    if pm is None:
+        return tgt, "n/a"
+    v = "met" if pm < TARGET_ADDED_P99_MS else "**missed**"
+    if pr and pr[0] < TARGET_ADDED_P99_MS <= pr[1]:
+        v += " (rounds on both sides)"
+    return tgt, v
+
+
+def main_table(report: dict) -> List[str]:
+    s = report["summary"]
+    p = report["parameters"]
+    subs = {"rate": "%g" % p["latency_rate"], "n": p["fanout_producers"], "frate": "%g" % p["fanout_rate"]}
+    lines = [
+        "| metric | direct | via wire-guard | paired per round: median [min – max] | target | verdict |",
+        "|---|---:|---:|---:|---|---|",
+    ]
+    for key, _phase, _field, kind in METRICS:
+        e = s[key]
+        digits = 0 if key == "java_consume_join_ms" else (1 if kind == "ratio" else 3)
+        pr = e.get("paired_range")
+        if kind == "ratio":
+            paired = "n/a" if e["paired_median"] is None else "%.3f× [%.3f – %.3f]" % (
+                e["paired_median"], pr[0], pr[1])
+        else:
+            d = 0 if key == "java_consume_join_ms" else 3
+            paired = "n/a" if e["paired_median"] is None else "%+.*f ms [%+.*f – %+.*f]" % (
+                d, e["paired_median"], d, pr[0], d, pr[1])
+        tgt, v = verdict(key, e)
+        lines.append("| %s | %s | %s | %s | %s | %s |" % (
+            LABELS[key] % subs, fmt(e["direct"], digits), fmt(e["proxied"], digits), paired, tgt, v))
+    cost = s["proxy_cost_bulk"]
+    rss = s["proxy_rss"]
+    kib = lambda v: "n/a" if not v else "%.1f MiB" % (v / 1024)  # noqa: E731
+    lines.append("| wire-guard CPU per GB forwarded, throughput phases | | %s s | | | |"
+                 % fmt(cost["cpu_s_per_gb_wire"], 2))
+    lines.append("| wire-guard CPU per GB forwarded, consume / produce phases | | %s s / %s s | | | |"
+                 % (fmt(s["proxy_cost_consume"]["cpu_s_per_gb_wire"], 2),
+                    fmt(s["proxy_cost_produce"]["cpu_s_per_gb_wire"], 2)))
+    lines.append("| wire-guard CPU per request, fixed-rate phases | | %s µs | | | |"
+                 % fmt(s["proxy_cost_latency"]["cpu_us_per_request"], 1))
+    lines.append("| wire-guard peak RSS, single-client phases (VmRSS sampled) | | %s | | | |"
+                 % kib(rss["single_client_max_rss_kib"]))
+    lines.append("| wire-guard peak RSS, %d producers at %g/s each (1 KiB requests; %s client "
+                 "connections) | | %s | | | |"
+                 % (p["fanout_producers"], p["fanout_rate"],
+                    rss.get("fanout_latency_max_connections") or "n/a",
+                    kib(rss.get("fanout_latency_max_rss_kib"))))
+    lines.append("| wire-guard peak RSS, %d producers flat out (requests up to 1 MB; up to %s client "
+                 "connections) | | %s | | | |"
+                 % (p["fanout_producers"], rss["fanout_max_connections"] or "n/a",
+                    kib(rss.get("fanout_tput_max_rss_kib"))))
+    lines.append("| wire-guard peak RSS over a round (VmHWM, max of rounds) | | %s | | | |"
+                 % kib(report["proxy_peak_rss_kib"]))
+    return lines
+
+
+def diagnosis_lines(d: dict) -> List[str]:
+    lines = ["## Consume diagnosis", ""]
+    if d.get("error"):
+        lines += ["Diagnosis did not finish: %s" % d["error"], ""]
+    runs = d.get("runs", [])
+    if runs:
+        lines.append("One librdkafka client at a time, %d records of 1 KiB, direct and proxied "
+                     "alternating on a fresh broker and wire-guard. librdkafka keeps one Fetch in "
+                     "flight per broker and Kafka serves a connection's requests one at a time, so "
+                     "each Fetch's round trip bounds consume throughput. Round trip = librdkafka "
+                     "statistics (`rtt`, mean over a run, broker node 1); broker time = wire-guard's "
+                     "upstream latency histogram (request forwarded to first response bytes back); "
+                     "wire-guard CPU per MB of record values from /proc. Medians over the runs "
+                     "(n per side):" % d["records"])
+        lines.append("")
+        lines.append("| phase | direct MB/s | proxied MB/s | ratio | bytes per request | round trip "
+                     "direct / proxied (ms) | broker time via wire-guard (ms) | wire-guard CPU "
+                     "user / sys per MB (ms) | n |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        groups: Dict[Tuple[str, str], List[dict]] = {}
+        for r in runs:
+            groups.setdefault((r["kind"], r["variant"]), []).append(r)
+        for (kind, variant), rs in groups.items():
+            def med(side: str, key: str) -> Optional[float]:
+                return median([r.get(key) for r in rs if r["side"] == side])
+            prox = [r for r in rs if r["side"] == "proxied"]
+            up_key = "proxy_fetch_upstream_ms_mean" if kind == "consume" else "proxy_produce_upstream_ms_mean"
+            up = median([r["meter"].get(up_key) for r in prox])
+            user = median([1000 * r["meter"]["proxy_user_s"] / (r["payload_bytes"] / MB) for r in prox])
+            sys_ = median([1000 * r["meter"]["proxy_sys_s"] / (r["payload_bytes"] / MB) for r in prox])
+            dm, pm = med("direct", "mb_per_s"), med("proxied", "mb_per_s")
+            lines.append("| %s%s | %s | %s | %s | %s | %s / %s | %s | %s / %s | %d |" % (
+                kind, "" if variant == "default" else " (%s)" % variant, fmt(dm), fmt(pm),
+                "n/a" if not dm or pm is None else "%.3f×" % (pm / dm),
+                fmt(med("proxied", "bytes_per_request"), 0), fmt(med("direct", "rtt_mean_ms"), 2),
+                fmt(med("proxied", "rtt_mean_ms"), 2), fmt(up, 2), fmt(user, 3), fmt(sys_, 3),
+                len(prox)))
+        lines.append("")
+        lines.append("Every run (in order):")
+        lines.append("")
+        lines.append("| run | phase | side | MB/s | round trip (ms) | bytes per request |")
+        lines.append("|---:|---|---|---:|---:|---:|")
+        for i, r in enumerate(runs):
+            lines.append("| %d | %s%s | %s | %s | %s | %s |" % (
+                i + 1, r["kind"], "" if r["variant"] == "default" else " (%s)" % r["variant"],
+                r["side"], fmt(r["mb_per_s"]), fmt(r.get("rtt_mean_ms"), 3),
+                fmt(r.get("bytes_per_request"), 0)))
+        lines.append("")
+    perf = [x for x in (d.get("perf_consume"), d.get("perf_consume_bigbuf"), d.get("perf_latency")) if x]
+    if perf:
+        lines.append("`perf stat -p <wire-guard>` (syscall tracepoints and software counters; "
+                     "negligible overhead) during one proxied run each:")
+        lines.append("")
+        lines.append("| counter | %s |" % " | ".join(
+            "%s, per MB" % x["label"] if "latency" not in x.get("label", "") and "produce" not in x["label"]
+            else "%s, per request" % x["label"] for x in perf))
+        lines.append("|---|%s" % ("---:|" * len(perf)))
+
+        def val(x: dict, key: str) -> str:
+            if x.get("error"):
+                return "error"
+            per = x["per_request"] if "produce" in x["label"] else x["per_mb"]
+            v = per.get(key)
+            if v is None:
+                return "n/a"
+            if key == "task-clock":
+                # perf reports task-clock in ms; per request, show microseconds.
+                return ("%.3f ms" % v) if per is x["per_mb"] else ("%.0f µs" % (v * 1000))
+            return "%.2f" % v
+        keys = ["task-clock", "context-switches", "raw_syscalls:sys_enter"] + [
+            k for k in perf_stat_events() if k.startswith("syscalls:")]
+        for k in keys:
+            if all(not x.get("counts", {}).get(k) for x in perf):
+                continue
+            lines.append("| %s | %s |" % (k.replace("syscalls:sys_enter_", "syscall ").replace(
+                "raw_syscalls:sys_enter", "all syscalls"), " | ".join(val(x, k) for x in perf)))
+        lines.append("| throughput during the run | %s |" % " | ".join(
+            "error" if x.get("error") else ("%s MB/s" % fmt(x["mb_per_s"]) if "produce" not in x["label"]
+                                            else "p50 %.3f / p99 %.3f ms" % (x["p50_ms"], x["p99_ms"]))
+            for x in perf))
+        lines.append("| wire-guard CPU user / sys (/proc) | %s |" % " | ".join(
+            "error" if x.get("error") else "%.2f / %.2f s" % (x["meter"]["proxy_user_s"],
+                                                             x["meter"]["proxy_sys_s"]) for x in perf))
+        lines.append("")
+    st = d.get("strace")
+    if st and not st.get("error"):
+        lines.append("`strace -c -f -p <wire-guard>` during one proxied consume (%.1f MB at %s MB/s "
+                     "while traced; strace slows every syscall, so only the counts carry over):"
+                     % (st["payload_mb"], fmt(st["mb_per_s"])))
+        lines.append("")
+        lines.append("| syscall | calls | per MB | errors | % of syscall time |")
+        lines.append("|---|---:|---:|---:|---:|")
+        for row in st["rows"][:8]:
+            lines.append("| %s | %d | %.1f | %d | %.1f |" % (row["syscall"], row["calls"],
+                                                          row["calls_per_mb"], row["errors"],
+                                                          row["pct_time"]))
+        lines.append("")
+    elif st:
+        lines += ["strace: %s" % st["error"], ""]
+    return lines
 
 
 def render_markdown(report: dict) -> str:
     s = report["summary"]
     m = report["machine"]
     p = report["parameters"]
-    lines = []
-    lines.append("# wire-guard passthrough benchmark")
+    lines = ["# wire-guard passthrough benchmark (Apache Kafka)", ""]
+    lines.append("Machine: %d vCPU (%s), %s GiB RAM, kernel %s; %s. Broker: %s (single KRaft node, "
+                 "1 GiB heap); clients: confluent-kafka %s (librdkafka %s) and Kafka's Java perf "
+                 "tools (kafka-clients %s, Java %s); %s, release build, tree %s. Client, broker "
+                 "and proxy share the cores."
+                 % (m["nproc"], m["cpu_model"], m["mem_gib"], m["kernel"], report["started_at"],
+                    report["versions"]["kafka"], m["confluent_kafka"], m["librdkafka"],
+                    report["versions"]["kafka"].split()[-1], report["versions"]["java"],
+                    report["versions"]["wire_guard"], report["versions"]["tree"]))
     lines.append("")
-    lines.append("Machine: %s x %s, kernel %s, %s GiB RAM; confluent-kafka %s (librdkafka %s); %s; %s"
-                 % (m["nproc"], m["cpu_model"], m["kernel"], m["mem_gib"], m["confluent_kafka"],
-                    m["librdkafka"], report["versions"]["tansu"], report["versions"]["wire_guard"]))
+    lines.append("%d rounds (%d completed), each on a fresh broker and wire-guard; within a round "
+                 "each phase runs direct and proxied back to back, the order alternating by phase "
+                 "and round. Direct / via wire-guard = median over rounds; paired = each round's "
+                 "proxied/direct ratio (throughput) or proxied-direct difference (latency), median "
+                 "and range; verdicts use the paired median. Throughput: %d records of %d random "
+                 "bytes (librdkafka linger.ms=5; Java client defaults; acks=all, no compression), "
+                 "%d records for the Java tools. Latency: %g records/s for %g s, linger.ms=0, "
+                 "acks=all, client polling between sends. Fan-out: %d producers (own thread and "
+                 "Producer each), %d records in all as fast as they go, then %d fresh producers "
+                 "at %g records/s each for %g s. MB = 10^6 bytes of record values."
+                 % (p["rounds"], report["rounds_completed"], p["records"], p["record_bytes"],
+                    p["java_records"], p["latency_rate"], p["latency_seconds"], p["fanout_producers"],
+                    p["fanout_records"], p["fanout_producers"], p["fanout_rate"], p["latency_seconds"]))
     lines.append("")
-    lines.append("Medians over %d rounds (each on a fresh broker and proxy, direct/proxied order alternating); \"paired per round\" is "
-                 "the median of the within-round ratios or differences; \"quiet rounds\" keeps only the "
-                 "pairs where other processes used < %.2f cores during both phases. %d records of %d "
-                 "random bytes per throughput run (linger.ms=5, acks=all, no compression); "
-                 "latency at %g records/s for %g s (linger.ms=0, acks=all). "
-                 "MB = 10^6 bytes of record values."
-                 % (report["rounds_completed"], QUIET_OTHER_CORES, p["records"], p["record_bytes"],
-                    p["latency_rate"], p["latency_seconds"]))
-    lines.append("")
-    lines.append("| metric | direct | proxied | proxied vs direct | target | paired per round | "
-                 "paired, quiet rounds (n) | range direct / proxied |")
-    lines.append("|---|---:|---:|---:|---|---:|---:|---|")
-
-    def rng(e: dict, digits: int) -> str:
-        def one(r):
-            return "n/a" if not r else "%s-%s" % (fmt(r[0], digits), fmt(r[1], digits))
-        return "%s / %s" % (one(e.get("direct_range")), one(e.get("proxied_range")))
-
-    def tput_row(label: str, key: str) -> None:
-        e = s[key]
-        ratio = e.get("ratio")
-        verdict = "" if ratio is None else (" (met)" if ratio >= TARGET_THROUGHPUT_RATIO else " (missed)")
-        paired = e.get("paired_ratio_median")
-        qp = e.get("quiet_paired_ratio_median")
-        lines.append("| %s | %s | %s | %s | >= %.2f x%s | %s | %s (%d) | %s |" % (
-            label, fmt(e["direct"]), fmt(e["proxied"]),
-            "n/a" if ratio is None else "%.3f x" % ratio, TARGET_THROUGHPUT_RATIO, verdict,
-            "n/a" if paired is None else "%.3f x" % paired,
-            "n/a" if qp is None else "%.3f x" % qp, e.get("quiet_pairs", 0), rng(e, 0)))
-
-    def lat_row(label: str, key: str, target: Optional[float]) -> None:
-        e = s[key]
-        delta = e.get("delta_ms")
-        if target is None:
-            tgt = ""
-        else:
-            verdict = "" if delta is None else (" (met)" if delta < target else " (missed)")
-            tgt = "< +%.1f ms%s" % (target, verdict)
-        paired = e.get("paired_delta_ms_median")
-        qp = e.get("quiet_paired_delta_ms_median")
-        lines.append("| %s | %s | %s | %s | %s | %s | %s (%d) | %s |" % (
-            label, fmt(e["direct"], 3), fmt(e["proxied"], 3),
-            "n/a" if delta is None else "%+.3f ms" % delta, tgt,
-            "n/a" if paired is None else "%+.3f ms" % paired,
-            "n/a" if qp is None else "%+.3f ms" % qp, e.get("quiet_pairs", 0), rng(e, 2)))
-
-    tput_row("produce throughput (MB/s)", "produce_mb_per_s")
-    tput_row("consume throughput (MB/s)", "consume_mb_per_s")
-    lat_row("produce latency p50 (ms)", "produce_latency_p50_ms", None)
-    lat_row("produce latency p99 (ms)", "produce_latency_p99_ms", TARGET_ADDED_P99_MS)
-    bulk, every = s["proxy_cost_bulk"], s["proxy_cost_all"]
-    lines.append("| wire-guard CPU s per GB forwarded, throughput runs | | %s | | | | | |"
-                 % fmt(bulk["cpu_s_per_gb_wire"], 2))
-    lines.append("| wire-guard CPU s per GB forwarded, all proxied runs | | %s | | | | | |"
-                 % fmt(every["cpu_s_per_gb_wire"], 2))
-    lines.append("| wire-guard CPU per request, latency runs (us) | | %s | | | | | |"
-                 % fmt(s["proxy_cost_latency"]["cpu_us_per_request"], 1))
-    lines.append("| wire-guard peak RSS (MiB, VmHWM) | | %s | | | | | |"
-                 % fmt(report["proxy_peak_rss_kib"] / 1024 if report["proxy_peak_rss_kib"] else None))
+    lines += main_table(report)
     lines.append("")
     busy = s["cores_busy"]
-    lines.append("Cores busy (client + broker [+ wire-guard] CPU seconds per wall second, of %d): "
-                 "produce %s direct / %s proxied; consume %s / %s; latency %s / %s."
-                 % (report["machine"]["nproc"],
-                    fmt(busy["produce"]["direct"], 2), fmt(busy["produce"]["proxied"], 2),
-                    fmt(busy["consume"]["direct"], 2), fmt(busy["consume"]["proxied"], 2),
-                    fmt(busy["latency"]["direct"], 2), fmt(busy["latency"]["proxied"], 2)))
-    lines.append("")
-    lines.append("CPU per GB = wire-guard utime+stime (/proc/<pid>/stat) during the proxied runs, "
-                 "divided by the bytes it forwarded per wire_guard_bytes_total (Kafka frames, both "
-                 "directions summed). Throughput runs: %.2f s for %.1f MB forwarded (%.1f MB of "
-                 "record values, %s s/GB of values). All proxied runs, including the latency runs "
-                 "where per-request cost dominates: %.2f s for %.1f MB forwarded (%s s/GB of values)."
-                 % (bulk["cpu_s"], bulk["wire_bytes"] / MB, bulk["payload_bytes"] / MB,
-                    fmt(bulk["cpu_s_per_gb_payload"], 2), every["cpu_s"], every["wire_bytes"] / MB,
-                    fmt(every["cpu_s_per_gb_payload"], 2)))
+    lines.append("Cores busy (client + broker [+ wire-guard] CPU s per wall s, of %d), direct / "
+                 "proxied: %s." % (m["nproc"], "; ".join(
+                     "%s %s / %s" % (ph, fmt(busy[ph]["direct"], 2), fmt(busy[ph]["proxied"], 2))
+                     for ph in PHASES if ph in busy)))
     lines.append("")
     oth = s.get("other_cores_busy", {})
-    lines.append("Client (this process), broker and wire-guard share the same %d cores. Other work "
-                 "on the machine during the timed phases (from /proc/stat): median %s cores, worst "
-                 "phase %s cores. Load average (1/5/15 min) before the run %s, after %s."
-                 % (m["nproc"], fmt(oth.get("median"), 2), fmt(oth.get("max"), 2),
+    lines.append("Other work on the machine during the timed phases (from /proc/stat, outside "
+                 "client, broker and proxy): median %s cores, worst phase %s cores. Load average "
+                 "(1/5/15 min) before the run %s, after %s."
+                 % (fmt(oth.get("median"), 2), fmt(oth.get("max"), 2),
                     " ".join("%.2f" % x for x in m["loadavg_before"] or []),
                     " ".join("%.2f" % x for x in m["loadavg_after"] or [])))
-    lines.append("")
     if oth.get("median") is not None and oth["median"] > 0.2:
-        lines.append("**Other work on the machine used %.2f cores (median over the timed phases): "
-                     "these numbers measure contention as much as wire-guard. Re-run on a quiet "
-                     "machine.**" % oth["median"])
         lines.append("")
-    lines.append("Per round:")
+        lines.append("**Other work on the machine used %.2f cores (median over the timed "
+                     "phases): these numbers measure contention as much as wire-guard.**"
+                     % oth["median"])
     lines.append("")
-    lines.append("| round | side | produce MB/s | consume MB/s | p50 ms | p99 ms | max ms "
-                 "| wire-guard CPU s | broker CPU s | other CPU s |")
-    lines.append("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    bulk = s["proxy_cost_bulk"]
+    lines.append("CPU per GB = wire-guard utime+stime (/proc/<pid>/stat) over the proxied phases "
+                 "divided by the bytes it forwarded per wire_guard_bytes_total (frames, both "
+                 "directions): throughput phases %.2f s for %.1f MB forwarded (%s s per GB of "
+                 "record values). wire-guard connection errors (metrics): %s. Client-reported "
+                 "errors: %s."
+                 % (bulk["cpu_s"], bulk["wire_bytes"] / MB, fmt(bulk["cpu_s_per_gb_payload"], 2),
+                    s["proxy_connection_errors"] or "none",
+                    "; ".join(s["client_errors"][:5]) or "none"))
+    logs = report.get("proxy_logs", [])
+    warn = sum(lg["levels"].get("WARN", 0) + lg["levels"].get("ERROR", 0) for lg in logs)
+    lines.append("")
+    lines.append("wire-guard log (all rounds): %d WARN/ERROR lines%s." % (
+        warn, "" if not warn else "; e.g. " + "; ".join(
+            x for lg in logs for x in lg["warn_error_samples"])[:600]))
+    lines.append("")
+    if report.get("diagnosis"):
+        lines += diagnosis_lines(report["diagnosis"])
+    lines.append("## Per round")
+    lines.append("")
+    lines.append("| round | side | rdk prod MB/s | rdk cons MB/s | java prod MB/s | java cons MB/s "
+                 "| lat p50 / p99 / p99.9 ms | fan-out MB/s | fan-out p50 / p99 ms | "
+                 "wire-guard CPU s | other CPU s |")
+    lines.append("|---:|---|---:|---:|---:|---:|---|---:|---|---:|---:|")
     for r in report["rounds"]:
         def g(phase: str, key: str, d: int = 1) -> str:
-            return fmt(r[phase][key], d) if phase in r else "n/a"
-        cpu_wg = sum(r[ph]["meter"]["proxy_cpu_s"] for ph in ("produce", "consume", "latency") if ph in r)
-        cpu_b = sum(r[ph]["meter"]["broker_cpu_s"] for ph in ("produce", "consume", "latency") if ph in r)
-        cpu_o = sum(r[ph]["meter"]["other_cpu_s"] for ph in ("produce", "consume", "latency") if ph in r)
-        lines.append("| %d | %s | %s | %s | %s | %s | %s | %.2f | %.2f | %.2f |" % (
-            r["round"], r["side"], g("produce", "mb_per_s"), g("consume", "mb_per_s"),
-            g("latency", "p50_ms", 3), g("latency", "p99_ms", 3), g("latency", "max_ms", 3),
-            cpu_wg, cpu_b, cpu_o))
+            return fmt(r[phase].get(key), d) if phase in r else "n/a"
+        cpu_wg = sum(r[ph]["meter"]["proxy_cpu_s"] for ph in PHASES if ph in r)
+        cpu_o = sum(r[ph]["meter"]["other_cpu_s"] for ph in PHASES if ph in r)
+        lines.append("| %d | %s | %s | %s | %s | %s | %s / %s / %s | %s | %s / %s | %.2f | %.2f |" % (
+            r["round"], r["side"], g("rdk_produce", "mb_per_s"), g("rdk_consume", "mb_per_s"),
+            g("java_produce", "mb_per_s"), g("java_consume", "mb_per_s"),
+            g("latency", "p50_ms", 3), g("latency", "p99_ms", 3), g("latency", "p999_ms", 3),
+            g("fanout_tput", "mb_per_s"), g("fanout_latency", "p50_ms", 3),
+            g("fanout_latency", "p99_ms", 3), cpu_wg, cpu_o))
     lines.append("")
-    lines.append("Run: %s, %.1f s wall." % (report["started_at"], report["wall_s"]))
+    lines.append("Reproduce: `%s` (%s, %.0f s wall)." % (report["command"], report["started_at"],
+                                                        report["wall_s"]))
     if report.get("error"):
         lines.append("")
         lines.append("**Incomplete run:** %s" % report["error"])
@@ -918,131 +1935,174 @@ def render_markdown(report: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--wire-guard", required=True, help="wire-guard release binary")
-    ap.add_argument("--tansu", default=os.environ.get("TANSU_BIN"), help="tansu binary [$TANSU_BIN]")
+    ap.add_argument("--kafka-libs", default=os.environ.get("KAFKA_LIBS"),
+                    help="Kafka jars (broker and perf tools) [$KAFKA_LIBS]")
+    ap.add_argument("--kafka-broker", default=os.path.join(ROOT, "scripts", "kafka-broker"),
+                    help="broker launcher script")
+    ap.add_argument("--broker-heap", default="1g")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--records", type=int, default=300_000, help="records per throughput run")
-    ap.add_argument("--warmup-records", type=int, default=20_000,
-                    help="untimed records produced on each side before the first round")
+    ap.add_argument("--records", type=int, default=300_000, help="records per librdkafka throughput run")
+    ap.add_argument("--java-records", type=int, default=100_000, help="records per Java perf-tool run")
+    ap.add_argument("--warmup-records", type=int, default=50_000,
+                    help="untimed records produced and read on each side at the start of a round")
     ap.add_argument("--record-bytes", type=int, default=1024)
     ap.add_argument("--latency-rate", type=float, default=1000.0, help="records/s")
     ap.add_argument("--latency-seconds", type=float, default=10.0)
+    ap.add_argument("--fanout-producers", type=int, default=200)
+    ap.add_argument("--fanout-records", type=int, default=200_000, help="records in all, fan-out throughput")
+    ap.add_argument("--fanout-rate", type=float, default=10.0, help="records/s per producer, fan-out latency")
+    ap.add_argument("--phases", default=",".join(PHASES), help="comma-separated subset of " + ",".join(PHASES))
+    ap.add_argument("--diagnose", choices=("auto", "always", "never"), default="auto",
+                    help="consume diagnosis after the rounds (auto: when a consume ratio < 0.95)")
     ap.add_argument("--quiet-s", type=float, default=0.5,
                     help="untimed read-on after the expected count, to catch extras")
     ap.add_argument("--seed", type=int, default=20240611)
-    ap.add_argument("--budget-s", type=float, default=250.0, help="wall-clock budget of the rounds")
+    ap.add_argument("--budget-s", type=float, default=760.0, help="wall-clock budget of the rounds")
     ap.add_argument("--quiet-wait-s", type=float, default=30.0,
                     help="longest wait for the machine to go idle before starting")
-    ap.add_argument("--out-dir", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--pair-quiet-wait-s", type=float, default=10.0,
+                    help="longest wait for other work to calm down before each phase pair")
+    ap.add_argument("--total-quiet-wait-s", type=float, default=60.0,
+                    help="all those waits together at most")
+    ap.add_argument("--quiet-cores", type=float, default=0.3,
+                    help="other work below this many cores counts as calm")
+    ap.add_argument("--out-dir", default=os.path.join(HERE, "results"))
     args = ap.parse_args()
-    if not args.tansu:
-        ap.error("--tansu or $TANSU_BIN is required")
+    if not args.kafka_libs:
+        ap.error("--kafka-libs or $KAFKA_LIBS is required")
+    args.phases = [x.strip() for x in args.phases.split(",") if x.strip()]
+    unknown = set(args.phases) - set(PHASES)
+    if unknown:
+        ap.error("unknown phases: %s" % ", ".join(sorted(unknown)))
 
     # SIGTERM (e.g. from `timeout`) unwinds through the finally blocks below.
     def on_term(signum, frame):
         raise KeyboardInterrupt("interrupted by signal %d" % signum)
     signal.signal(signal.SIGTERM, on_term)
 
-    quiet = wait_for_quiet(args.quiet_wait_s, 0.25)
+    command = os.environ.get("WIRE_GUARD_BENCH_COMMAND") or " ".join(sys.argv)
     budget = Budget(args.budget_s)
-    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     machine = machine_info()
     machine["loadavg_before"] = loadavg()
+    quiet = wait_for_quiet(args.quiet_wait_s, 0.25)
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     versions = {
-        "tansu": tool_version([args.tansu, "--version"]),
+        "kafka": kafka_version(args.kafka_libs),
+        "java": tool_version([java_binary(), "-version"]),
         "wire_guard": tool_version([args.wire_guard, "--version"]),
+        "tree": git_state(),
     }
-    print("machine: %d x %s, kernel %s" % (machine["nproc"], machine["cpu_model"], machine["kernel"]),
-          flush=True)
+    print("machine: %d x %s, kernel %s; load %s; %s" % (
+        machine["nproc"], machine["cpu_model"], machine["kernel"], machine["loadavg_before"],
+        versions["kafka"]), flush=True)
     pool = value_pool(args.record_bytes, args.seed)
     rounds: List[dict] = []
+    proxy_logs: List[dict] = []
     error = None
-    peak_rss = None
-    broker_peak_rss = None
+    peak_rss = broker_peak_rss = None
     stack: Optional[Stack] = None
     workdir = tempfile.mkdtemp(prefix="wire-guard-bench-")
-    def record_peaks(stack: Stack) -> None:
-        nonlocal peak_rss, broker_peak_rss
-        if stack.proxy is None or stack.proxy.proc.poll() is not None:
-            return
-        try:
-            peak_rss = max(peak_rss or 0, proc_status_kib(stack.proxy.pid, "VmHWM") or 0)
-            broker_peak_rss = max(broker_peak_rss or 0,
-                                  proc_status_kib(stack.broker.pid, "VmHWM") or 0)
-        except OSError:
-            pass
-
     round_dir = workdir
+    diagnosis = None
+    round_walls: List[float] = []
+    gate = QuietGate(args.pair_quiet_wait_s, args.total_quiet_wait_s, args.quiet_cores)
+
+    def close_stack() -> None:
+        nonlocal stack, peak_rss, broker_peak_rss
+        if stack is None:
+            return
+        pk = stack.peaks()
+        if pk["proxy_vmhwm_kib"]:
+            peak_rss = max(peak_rss or 0, pk["proxy_vmhwm_kib"])
+        if pk["broker_vmhwm_kib"]:
+            broker_peak_rss = max(broker_peak_rss or 0, pk["broker_vmhwm_kib"])
+        s, stack = stack, None
+        s.stop()
+        if s.proxy is not None:
+            proxy_logs.append(proxy_log_summary(s.proxy.log))
+
     try:
         run_id = "%x" % random.SystemRandom().getrandbits(32)
         for rnd in range(args.rounds):
-            # A fresh broker (and proxy) per round: Tansu slows as its in-memory store grows,
-            # which otherwise dominates the differences between rounds.
+            if round_walls and budget.left() < 1.1 * max(round_walls) + 30:
+                print("stopping after %d rounds: %.0f s of budget left" % (rnd, budget.left()),
+                      flush=True)
+                break
+            t_round = time.monotonic()
             round_dir = os.path.join(workdir, "round-%d" % rnd)
             os.makedirs(round_dir)
-            stack = Stack(args.tansu, args.wire_guard, round_dir)
-            print("round %d: tansu on %s, wire-guard on %s (node %d on port %d, admin %d)"
-                  % (rnd, stack.bootstrap("direct"), stack.bootstrap("proxied"), TANSU_NODE_ID,
-                     stack.node_port, stack.admin_port), flush=True)
-            order = ("direct", "proxied") if rnd % 2 == 0 else ("proxied", "direct")
-            plan = [(side, {
-                "tput": "bench-%s-r%d-%s-tput" % (run_id, rnd, side),
-                "lat": "bench-%s-r%d-%s-lat" % (run_id, rnd, side),
-            }) for side in order]
-            warm_topic = "bench-%s-r%d-warm-up" % (run_id, rnd)
-            create_topics(stack.bootstrap("direct"),
-                          [warm_topic] + [t for _, ts in plan for t in ts.values()], 1, 30)
-            # Untimed: the broker's first writes and the proxy's first connections are slower.
-            if args.warmup_records:
-                for side in ("direct", "proxied"):
-                    produce_throughput(stack.bootstrap(side), warm_topic, args.warmup_records, pool,
-                                       min(60.0, budget.left()))
-            for side, topics in plan:
-                run_side(stack, side, rnd, args, pool, budget, topics, rounds)
-            record_peaks(stack)
-            stack.stop()
-            stack = None
+            # A fresh broker and proxy per round: no round inherits another's logs, page cache
+            # layout or connections.
+            stack = Stack(args, round_dir)
+            print("round %d: kafka on %s, wire-guard on %s (node %d on port %d, admin %d); load %s"
+                  % (rnd, stack.bootstrap("direct"), stack.bootstrap("proxied"), NODE_ID,
+                     stack.node_port, stack.admin_port, loadavg()), flush=True)
+            run_round(args, stack, rnd, run_id, pool, budget, rounds, gate)
+            close_stack()
+            round_walls.append(time.monotonic() - t_round)
     except (BenchError, KafkaException, KeyboardInterrupt, OSError) as e:
         error = "%s: %s" % (type(e).__name__, e)
         print("error: %s" % error, file=sys.stderr, flush=True)
     finally:
-        if stack is not None:
-            record_peaks(stack)
-            stack.stop()
-        if error:
-            for name in ("tansu.log", "wire-guard.log"):
-                print("--- %s (tail)\n%s" % (name, tail(os.path.join(round_dir, name))), file=sys.stderr)
+        keep = stack
+        close_stack()
+        if error and keep is not None:
+            for log in (os.path.join(keep.broker_dir, "broker.log"), keep.proxy.log if keep.proxy else ""):
+                if log:
+                    print("--- %s (tail)\n%s" % (log, tail(log)), file=sys.stderr)
 
-    machine["loadavg_after"] = loadavg()
-    # Only rounds where both sides finished every phase enter the medians.
-    finished = [r for r in rounds if all(k in r for k in ("produce", "consume", "latency"))]
+    finished = [r for r in rounds if all(k in r for k in args.phases)]
     full_rounds = {rnd for rnd in {r["round"] for r in finished}
                    if sum(1 for r in finished if r["round"] == rnd) == 2}
     completed = [r for r in finished if r["round"] in full_rounds]
+    summary = summarize(completed)
+
+    consume_short = any((summary[k]["paired_median"] or 1) < TARGET_THROUGHPUT_RATIO
+                        for k in ("rdk_consume_mb_per_s", "java_consume_mb_per_s"))
+    if not error and (args.diagnose == "always" or (args.diagnose == "auto" and consume_short)):
+        print("consume diagnosis", flush=True)
+        diag_budget = Budget(max(240.0, budget.left() + 240.0))
+        try:
+            diagnosis = consume_diagnosis(args, pool, workdir, run_id, diag_budget)
+        except (BenchError, KafkaException, KeyboardInterrupt, OSError) as e:
+            diagnosis = {"error": "%s: %s" % (type(e).__name__, e)}
+            print("diagnosis error: %s" % diagnosis["error"], file=sys.stderr, flush=True)
+
+    machine["loadavg_after"] = loadavg()
     report = {
         "started_at": started_at,
         "wall_s": round(time.monotonic() - budget.start, 1),
+        "command": command,
         "machine": machine,
         "versions": versions,
         "parameters": {
             "rounds": args.rounds,
+            "phases": args.phases,
             "records": args.records,
+            "java_records": args.java_records,
             "record_bytes": args.record_bytes,
             "seed": args.seed,
             "warmup_records": args.warmup_records,
-            "produce_conf": {"linger.ms": 5, "acks": "all", "compression.type": "none"},
+            "rdk_produce_conf": {"linger.ms": 5, "acks": "all", "compression.type": "none"},
             "latency_conf": {"linger.ms": 0, "acks": "all", "compression.type": "none"},
+            "java_produce_props": {"acks": "all"},
             "latency_rate": args.latency_rate,
             "latency_seconds": args.latency_seconds,
+            "fanout_producers": args.fanout_producers,
+            "fanout_records": args.fanout_records,
+            "fanout_rate": args.fanout_rate,
             "partitions": 1,
-            "broker": "tansu, memory storage",
+            "broker": "Apache Kafka, single KRaft node (scripts/kafka-broker), heap %s" % args.broker_heap,
         },
         "targets": {"throughput_ratio_min": TARGET_THROUGHPUT_RATIO,
                     "added_p99_ms_max": TARGET_ADDED_P99_MS},
         "rounds_completed": len(full_rounds),
         "start_gate": quiet,
-        "summary": summarize(completed, {"record_bytes": args.record_bytes}),
+        "summary": summary,
         "proxy_peak_rss_kib": peak_rss,
         "broker_peak_rss_kib": broker_peak_rss,
+        "proxy_logs": proxy_logs,
+        "diagnosis": diagnosis,
         "cpu_per_gb_basis": "wire-guard utime+stime over the proxied phases, divided by "
                             "wire_guard_bytes_total (both directions, frame bytes) or by record-value bytes",
         "rounds": rounds,
@@ -1057,6 +2117,10 @@ def main() -> int:
         f.write(md)
     print()
     print(md, end="")
+    if error or (diagnosis or {}).get("error"):
+        print("logs kept in %s" % workdir, file=sys.stderr)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
     return 1 if error else 0
 
 
