@@ -1,13 +1,18 @@
 #!/usr/bin/env python3
 """Throughput, latency and cost of wire-guard in front of Apache Kafka 4.1.
 
-Every round starts a fresh single-node KRaft Kafka broker (scripts/kafka-broker)
-and a fresh wire-guard release binary in front of it, then runs each phase
-below twice, once directly against the broker and once through the proxy
-(clients change only bootstrap.servers). The two sides of a phase run back to
-back, and which side goes first alternates between phases and rounds, so drift
-and other work on the machine hit both sides alike. Every side has its own
-topics (one partition each); records are fixed-seed random bytes.
+One run starts a single-node KRaft Kafka broker (scripts/kafka-broker) and
+warms it up untimed (8 x 300k records produced, two read back, one Java
+producer and consumer run): a fresh Kafka JVM spends several GB of traffic
+getting faster, which would otherwise favour whichever side runs second. Each
+round then starts a fresh wire-guard release binary in front of that broker
+and runs each phase below twice, once directly against the broker and once
+through the proxy (clients change only bootstrap.servers). The two sides of a
+phase run back to back, and which side goes first alternates between phases
+and rounds, so drift and other work on the machine hit both sides alike; a
+short gate before each pair waits (bounded) for other work on the machine to
+calm down. Every side has its own topics (one partition each), deleted after
+the round; records are fixed-seed random bytes.
 
 Phases, in order, per round:
 
@@ -27,7 +32,8 @@ Phases, in order, per round:
   call time; between sends the client blocks in producer.poll() (ms timeouts)
   rather than sleeping, so callbacks run as soon as the acknowledgement is in;
 * fanout-tput: 200 librdkafka producers at once (one thread and one
-  Producer each, so 200 bootstrap plus 200 broker connections), each sending
+  Producer each: one broker connection each once librdkafka has dropped its
+  bootstrap connection, so ~200 proxied connections), each sending
   its share of the records as fast as it can (linger.ms=5, acks=all);
   aggregate MB/s from the first send to the last delivery;
 * fanout-latency: 200 fresh producers (linger.ms=0), each at a modest fixed
@@ -442,38 +448,90 @@ class Meter:
         }
 
 
-class Stack:
-    """A fresh Kafka broker plus wire-guard on free loopback ports."""
+class Broker:
+    """A single-node Kafka broker (scripts/kafka-broker) on free loopback ports."""
 
     def __init__(self, args, workdir: str, broker_config: Optional[List[str]] = None):
-        self.workdir = workdir
         os.makedirs(workdir, exist_ok=True)
-        self.broker_dir = os.path.join(workdir, "kafka")
-        self.broker_port = free_port()
+        self.dir = os.path.join(workdir, "kafka")
+        self.port = free_port()
         controller_port = free_port()
         env = dict(os.environ, KAFKA_LIBS=args.kafka_libs)
-        self.broker = Managed("kafka-broker", [
-            "bash", args.kafka_broker, "--dir", self.broker_dir,
-            "--controller-port", str(controller_port), "--plaintext-port", str(self.broker_port),
+        self.proc = Managed("kafka-broker", [
+            "bash", args.kafka_broker, "--dir", self.dir,
+            "--controller-port", str(controller_port), "--plaintext-port", str(self.port),
             "--heap", args.broker_heap, "--print-ready",
-        ] + [a for c in (broker_config or []) for a in ("--config", c)], os.path.join(workdir, "kafka-broker.out"), env=env, grace=20.0)
-        self.proxy: Optional[Managed] = None
-        broker_log = os.path.join(self.broker_dir, "broker.log")
+        ] + [a for c in (broker_config or []) for a in ("--config", c)],
+            os.path.join(workdir, "kafka-broker.out"), env=env, grace=20.0)
+        self.log = os.path.join(self.dir, "broker.log")
         deadline = time.monotonic() + 120
         while True:
-            if self.broker.proc.poll() is not None:
+            if self.proc.proc.poll() is not None:
                 raise BenchError("kafka-broker exited with %s; output:\n%s\nbroker.log tail:\n%s"
-                                 % (self.broker.proc.returncode, tail(self.broker.log), tail(broker_log)))
-            with open(self.broker.log, "r", errors="replace") as f:
+                                 % (self.proc.proc.returncode, tail(self.proc.log), tail(self.log)))
+            with open(self.proc.log, "r", errors="replace") as f:
                 if "ready" in f.read().split():
                     break
             if time.monotonic() > deadline:
-                raise BenchError("Kafka not ready within 120 s; broker.log tail:\n%s" % tail(broker_log))
+                raise BenchError("Kafka not ready within 120 s; broker.log tail:\n%s" % tail(self.log))
             time.sleep(0.1)
-        with open(os.path.join(self.broker_dir, "broker.pid")) as f:
-            self.broker_pid = int(f.read().strip())
-        wait_for_port(self.broker_port, self.broker.proc, "kafka", broker_log, 30)
+        with open(os.path.join(self.dir, "broker.pid")) as f:
+            self.pid = int(f.read().strip())
+        wait_for_port(self.port, self.proc.proc, "kafka", self.log, 30)
 
+    def bootstrap(self) -> str:
+        return "%s:%d" % (HOST, self.port)
+
+    def check_alive(self) -> None:
+        self.proc.check_alive()
+
+    def vmhwm_kib(self) -> Optional[int]:
+        try:
+            return proc_status_kib(self.pid, "VmHWM")
+        except OSError:
+            return None
+
+    def stop(self) -> None:
+        try:
+            self.proc.stop()
+        finally:
+            # The logs stay; the partition data (GBs) goes.
+            shutil.rmtree(os.path.join(self.dir, "data"), ignore_errors=True)
+
+
+def warm_broker(args, broker: Broker, pool: List[bytes], budget: Budget, java: bool) -> dict:
+    """Untimed load until the broker's JIT has settled.
+
+    A fresh Kafka JVM needs a few GB of traffic before its per-request CPU stops falling
+    (broker CPU for 300 MB of produce drops from ~2.7 s to ~0.9 s over the first ~3 GB here);
+    without this the second run of every pair would look faster, whichever side it is.
+    """
+    t0 = time.monotonic()
+    bs = broker.bootstrap()
+    topics = ["bench-warm-%d" % i for i in range(args.broker_warmup_runs)] + ["bench-warm-java"]
+    create_topics(bs, topics, 1, 60)
+    for t in topics[:-1]:
+        produce_throughput(bs, t, args.records, pool, min(180.0, budget.left()))
+    for t in topics[:-1][:2]:
+        consume_throughput(bs, t, args.records + 1, min(180.0, budget.left()), 0)
+    if java:
+        java_produce(args, bs, topics[-1], args.java_records, min(240.0, budget.left()))
+        java_consume(args, bs, topics[-1], args.java_records, "bench-warm", min(240.0, budget.left()))
+    delete_topics(bs, topics)
+    return {"seconds": round(time.monotonic() - t0, 1), "produce_runs": len(topics) - 1,
+            "records_per_run": args.records, "java": java}
+
+
+class Stack:
+    """A fresh wire-guard in front of `broker`, on free loopback ports."""
+
+    def __init__(self, args, workdir: str, broker: Broker):
+        os.makedirs(workdir, exist_ok=True)
+        self.workdir = workdir
+        self.broker = broker
+        self.broker_pid = broker.pid
+        self.broker_port = broker.port
+        self.proxy: Optional[Managed] = None
         self.listen_port = free_port()
         self.admin_port = free_port()
         self.node_port = free_port()
@@ -506,21 +564,18 @@ class Stack:
         try:
             if self.proxy is not None and self.proxy.proc.poll() is None:
                 out["proxy_vmhwm_kib"] = proc_status_kib(self.proxy.pid, "VmHWM")
-            out["broker_vmhwm_kib"] = proc_status_kib(self.broker_pid, "VmHWM")
         except OSError:
             pass
+        out["broker_vmhwm_kib"] = self.broker.vmhwm_kib()
         return out
 
     def stop(self) -> None:
-        # The proxy first, so it never sees its upstream vanish mid-request.
-        for p in (self.proxy, self.broker):
-            if p is not None:
-                try:
-                    p.stop()
-                except Exception as e:  # keep stopping the others
-                    print("warning: stopping %s: %s" % (p.name, e), file=sys.stderr)
-        # The logs stay; the partition data (GBs per round) goes.
-        shutil.rmtree(os.path.join(self.broker_dir, "data"), ignore_errors=True)
+        """Stops the proxy only; the broker outlives it."""
+        if self.proxy is not None:
+            try:
+                self.proxy.stop()
+            except Exception as e:
+                print("warning: stopping wire-guard: %s" % e, file=sys.stderr)
 
 
 def proxy_log_summary(path: str) -> dict:
@@ -605,6 +660,16 @@ def create_topics(bootstrap: str, names: List[str], partitions: int, timeout: fl
         if time.monotonic() > deadline:
             raise BenchError("topics not ready: %s" % sorted(set(names) - set(ready)))
         time.sleep(0.2)
+
+
+def delete_topics(bootstrap: str, names: List[str], timeout: float = 30.0) -> None:
+    """Best effort: frees the broker's disk and page cache between rounds."""
+    admin = AdminClient(base_conf(bootstrap, ClientErrors(), "bench-admin"))
+    for fut in admin.delete_topics(names, operation_timeout=timeout, request_timeout=timeout).values():
+        try:
+            fut.result(timeout)
+        except Exception:
+            pass
 
 
 def value_pool(record_bytes: int, seed: int, count: int = 512) -> List[bytes]:
@@ -1151,8 +1216,8 @@ def brief(name: str, r: dict) -> str:
 
 
 def run_round(args, stack: Stack, rnd: int, run_id: str, pool: List[bytes], budget: Budget,
-              rounds: List[dict], gate: QuietGate) -> None:
-    """All phases of one round, the two sides of each phase back to back."""
+              rounds: List[dict], gate: QuietGate) -> List[str]:
+    """All phases of one round, the two sides of each phase back to back; returns its topics."""
     outs = {side: {"round": rnd, "side": side} for side in ("direct", "proxied")}
     # Listed now, so a failed phase leaves the partial results in the report.
     rounds.extend([outs["direct"], outs["proxied"]])
@@ -1165,8 +1230,8 @@ def run_round(args, stack: Stack, rnd: int, run_id: str, pool: List[bytes], budg
         "group": "bench-%s-r%d-%s" % (run_id, rnd, side),
     } for side in ("direct", "proxied")}
     warm = "bench-%s-r%d-warm-up" % (run_id, rnd)
-    create_topics(stack.bootstrap("direct"),
-                  [warm] + [v for ts in topics.values() for k, v in ts.items() if k != "group"], 1, 60)
+    all_topics = [warm] + [v for ts in topics.values() for k, v in ts.items() if k != "group"]
+    create_topics(stack.bootstrap("direct"), all_topics, 1, 60)
     # Untimed: the broker's first writes and reads (JIT) and the proxy's first connections.
     if args.warmup_records:
         for side in ("direct", "proxied"):
@@ -1194,6 +1259,7 @@ def run_round(args, stack: Stack, rnd: int, run_id: str, pool: List[bytes], budg
                   "other %.2f; wall %.1f s"
                   % (rnd, name, side, brief(name, result), mm["proxy_cpu_s"], mm["broker_cpu_s"],
                      mm["client_cpu_s"], mm["other_cpu_s"], mm["wall_s"]), flush=True)
+    return all_topics
 
 
 # --- consume diagnosis -----------------------------------------------------
@@ -1297,7 +1363,11 @@ def parse_strace_c(path: str) -> List[dict]:
     return rows
 
 
-DIAG_BIG_FETCH = {"max.partition.fetch.bytes": 8 * MIB, "fetch.max.bytes": 64 * MIB}
+# Larger fetches; the local queue limits are raised with them, or librdkafka would pause fetching
+# for fetch.queue.backoff.ms (1 s) whenever 100k records / 64 MiB sit unread, which 8 MiB fetches
+# reach quickly on the faster side.
+DIAG_BIG_FETCH = {"max.partition.fetch.bytes": 8 * MIB, "fetch.max.bytes": 64 * MIB,
+                  "queued.min.messages": 10_000_000, "queued.max.messages.kbytes": 2_000_000}
 DIAG_BROKER_BUFFERS = ["socket.send.buffer.bytes=1048576", "socket.receive.buffer.bytes=1048576"]
 
 
@@ -1355,14 +1425,15 @@ def perf_stat_run(stack: Stack, ddir: str, label: str, fn: Callable[[], dict]) -
     return out
 
 
-def consume_diagnosis(args, pool: List[bytes], workdir: str, run_id: str, budget: Budget) -> dict:
+def consume_diagnosis(args, pool: List[bytes], workdir: str, run_id: str, budget: Budget,
+                      broker: Broker) -> dict:
     """Where the proxied consume loses time.
 
-    On a fresh broker and proxy: single-client consume and produce runs, direct and proxied
+    On the warm broker with a fresh proxy: single-client consume and produce runs, direct and proxied
     alternating, with librdkafka's per-request round trips; the same with 8 MiB fetches; wire-guard
     under perf stat (syscall tracepoints) and strace -c during a consume and under perf stat during
-    a fixed-rate produce; then, on a second broker whose socket buffers are 1 MiB instead of
-    Kafka's 100 KiB default, the consume runs again.
+    a fixed-rate produce; then, on a second (warmed) broker whose socket buffers are 1 MiB instead
+    of Kafka's 100 KiB default, the consume runs again.
     """
     d: dict = {"records": args.records}
     ddir = os.path.join(workdir, "diagnosis")
@@ -1382,7 +1453,7 @@ def consume_diagnosis(args, pool: List[bytes], workdir: str, run_id: str, budget
         return lambda: consume_throughput(stack.bootstrap("proxied"), topic, expected,
                                           min(180.0, budget.left()), 0)
 
-    stack = Stack(args, os.path.join(ddir, "default"))
+    stack = Stack(args, os.path.join(ddir, "default"), broker)
     try:
         topic = "bench-%s-diag" % run_id
         plan = [("consume", "default", side) for side in
@@ -1420,8 +1491,13 @@ def consume_diagnosis(args, pool: List[bytes], workdir: str, run_id: str, budget
     finally:
         stack.stop()
 
-    stack = Stack(args, os.path.join(ddir, "big-buffers"), DIAG_BROKER_BUFFERS)
+    big = Broker(args, os.path.join(ddir, "big-buffers-broker"), DIAG_BROKER_BUFFERS)
+    stack = None
     try:
+        warm = argparse.Namespace(**vars(args))
+        warm.broker_warmup_runs = max(1, args.broker_warmup_runs // 2)
+        d["big_buffers_broker_warmup"] = warm_broker(warm, big, pool, budget, java=False)
+        stack = Stack(args, os.path.join(ddir, "big-buffers"), big)
         topic = "bench-%s-diag-bigbuf" % run_id
         prepare(stack, topic, 0)
         plan = [("consume", "broker buffers 1 MiB", side)
@@ -1431,7 +1507,9 @@ def consume_diagnosis(args, pool: List[bytes], workdir: str, run_id: str, budget
             d["perf_consume_bigbuf"] = perf_stat_run(stack, ddir, "consume, broker buffers 1 MiB",
                                                      proxied_consume(stack, topic))
     finally:
-        stack.stop()
+        if stack is not None:
+            stack.stop()
+        big.stop()
     return d
 
 
@@ -1744,7 +1822,8 @@ def diagnosis_lines(d: dict) -> List[str]:
     runs = d.get("runs", [])
     if runs:
         lines.append("One librdkafka client at a time, %d records of 1 KiB, direct and proxied "
-                     "alternating on a fresh broker and wire-guard. librdkafka keeps one Fetch in "
+                     "alternating on the warm broker with a fresh wire-guard (the 1 MiB-buffer "
+                     "broker is a second one, warmed up likewise). librdkafka keeps one Fetch in "
                      "flight per broker and Kafka serves a connection's requests one at a time, so "
                      "each Fetch's round trip bounds consume throughput. Round trip = librdkafka "
                      "statistics (`rtt`, mean over a run, broker node 1); broker time = wire-guard's "
@@ -1853,9 +1932,11 @@ def render_markdown(report: dict) -> str:
                     report["versions"]["kafka"].split()[-1], report["versions"]["java"],
                     report["versions"]["wire_guard"], report["versions"]["tree"]))
     lines.append("")
-    lines.append("%d rounds (%d completed), each on a fresh broker and wire-guard; within a round "
-                 "each phase runs direct and proxied back to back, the order alternating by phase "
-                 "and round. Direct / via wire-guard = median over rounds; paired = each round's "
+    wu = report.get("broker_warmup") or {}
+    lines.append("%d rounds (%d completed) against one broker, warmed up untimed first (%s produce "
+                 "runs of %s records%s, %s s); a fresh wire-guard and fresh topics per round; within "
+                 "a round each phase runs direct and proxied back to back, the order alternating "
+                 "by phase and round. Direct / via wire-guard = median over rounds; paired = each round's "
                  "proxied/direct ratio (throughput) or proxied-direct difference (latency), median "
                  "and range; verdicts use the paired median. Throughput: %d records of %d random "
                  "bytes (librdkafka linger.ms=5; Java client defaults; acks=all, no compression), "
@@ -1863,7 +1944,10 @@ def render_markdown(report: dict) -> str:
                  "acks=all, client polling between sends. Fan-out: %d producers (own thread and "
                  "Producer each), %d records in all as fast as they go, then %d fresh producers "
                  "at %g records/s each for %g s. MB = 10^6 bytes of record values."
-                 % (p["rounds"], report["rounds_completed"], p["records"], p["record_bytes"],
+                 % (p["rounds"], report["rounds_completed"], wu.get("produce_runs", "?"),
+                    wu.get("records_per_run", "?"), " plus a Java producer and consumer run"
+                    if wu.get("java") else "", wu.get("seconds", "?"),
+                    p["records"], p["record_bytes"],
                     p["java_records"], p["latency_rate"], p["latency_seconds"], p["fanout_producers"],
                     p["fanout_records"], p["fanout_producers"], p["fanout_rate"], p["latency_seconds"]))
     lines.append("")
@@ -1945,6 +2029,8 @@ def main() -> int:
     ap.add_argument("--java-records", type=int, default=100_000, help="records per Java perf-tool run")
     ap.add_argument("--warmup-records", type=int, default=50_000,
                     help="untimed records produced and read on each side at the start of a round")
+    ap.add_argument("--broker-warmup-runs", type=int, default=8,
+                    help="untimed produce runs of --records each on the fresh broker before round 0")
     ap.add_argument("--record-bytes", type=int, default=1024)
     ap.add_argument("--latency-rate", type=float, default=1000.0, help="records/s")
     ap.add_argument("--latency-seconds", type=float, default=10.0)
@@ -2001,6 +2087,8 @@ def main() -> int:
     error = None
     peak_rss = broker_peak_rss = None
     stack: Optional[Stack] = None
+    broker: Optional[Broker] = None
+    broker_warmup = None
     workdir = tempfile.mkdtemp(prefix="wire-guard-bench-")
     round_dir = workdir
     diagnosis = None
@@ -2023,6 +2111,10 @@ def main() -> int:
 
     try:
         run_id = "%x" % random.SystemRandom().getrandbits(32)
+        broker = Broker(args, os.path.join(workdir, "broker"))
+        print("kafka on %s; warming it up (untimed)" % broker.bootstrap(), flush=True)
+        broker_warmup = warm_broker(args, broker, pool, budget, java="java_produce" in args.phases)
+        print("warm-up done in %.0f s" % broker_warmup["seconds"], flush=True)
         for rnd in range(args.rounds):
             if round_walls and budget.left() < 1.1 * max(round_walls) + 30:
                 print("stopping after %d rounds: %.0f s of budget left" % (rnd, budget.left()),
@@ -2031,14 +2123,15 @@ def main() -> int:
             t_round = time.monotonic()
             round_dir = os.path.join(workdir, "round-%d" % rnd)
             os.makedirs(round_dir)
-            # A fresh broker and proxy per round: no round inherits another's logs, page cache
-            # layout or connections.
-            stack = Stack(args, round_dir)
+            # One warm broker for the run; a fresh proxy and fresh topics per round, so no round
+            # inherits another's connections, buffers or partitions.
+            stack = Stack(args, round_dir, broker)
             print("round %d: kafka on %s, wire-guard on %s (node %d on port %d, admin %d); load %s"
                   % (rnd, stack.bootstrap("direct"), stack.bootstrap("proxied"), NODE_ID,
                      stack.node_port, stack.admin_port, loadavg()), flush=True)
-            run_round(args, stack, rnd, run_id, pool, budget, rounds, gate)
+            round_topics = run_round(args, stack, rnd, run_id, pool, budget, rounds, gate)
             close_stack()
+            delete_topics(broker.bootstrap(), round_topics)
             round_walls.append(time.monotonic() - t_round)
     except (BenchError, KafkaException, KeyboardInterrupt, OSError) as e:
         error = "%s: %s" % (type(e).__name__, e)
@@ -2046,10 +2139,15 @@ def main() -> int:
     finally:
         keep = stack
         close_stack()
-        if error and keep is not None:
-            for log in (os.path.join(keep.broker_dir, "broker.log"), keep.proxy.log if keep.proxy else ""):
+        if error:
+            logs = [broker.log if broker else "", keep.proxy.log if keep and keep.proxy else ""]
+            for log in logs:
                 if log:
                     print("--- %s (tail)\n%s" % (log, tail(log)), file=sys.stderr)
+        if error and broker is not None:
+            broker_peak_rss = broker.vmhwm_kib()
+            broker.stop()
+            broker = None
 
     finished = [r for r in rounds if all(k in r for k in args.phases)]
     full_rounds = {rnd for rnd in {r["round"] for r in finished}
@@ -2063,10 +2161,13 @@ def main() -> int:
         print("consume diagnosis", flush=True)
         diag_budget = Budget(max(240.0, budget.left() + 240.0))
         try:
-            diagnosis = consume_diagnosis(args, pool, workdir, run_id, diag_budget)
+            diagnosis = consume_diagnosis(args, pool, workdir, run_id, diag_budget, broker)
         except (BenchError, KafkaException, KeyboardInterrupt, OSError) as e:
             diagnosis = {"error": "%s: %s" % (type(e).__name__, e)}
             print("diagnosis error: %s" % diagnosis["error"], file=sys.stderr, flush=True)
+    if broker is not None:
+        broker_peak_rss = broker.vmhwm_kib()
+        broker.stop()
 
     machine["loadavg_after"] = loadavg()
     report = {
@@ -2092,7 +2193,9 @@ def main() -> int:
             "fanout_records": args.fanout_records,
             "fanout_rate": args.fanout_rate,
             "partitions": 1,
-            "broker": "Apache Kafka, single KRaft node (scripts/kafka-broker), heap %s" % args.broker_heap,
+            "broker": "Apache Kafka, single KRaft node (scripts/kafka-broker), heap %s, one per run"
+                      % args.broker_heap,
+            "broker_warmup_runs": args.broker_warmup_runs,
         },
         "targets": {"throughput_ratio_min": TARGET_THROUGHPUT_RATIO,
                     "added_p99_ms_max": TARGET_ADDED_P99_MS},
@@ -2101,6 +2204,7 @@ def main() -> int:
         "summary": summary,
         "proxy_peak_rss_kib": peak_rss,
         "broker_peak_rss_kib": broker_peak_rss,
+        "broker_warmup": broker_warmup,
         "proxy_logs": proxy_logs,
         "diagnosis": diagnosis,
         "cpu_per_gb_basis": "wire-guard utime+stime over the proxied phases, divided by "
