@@ -15,7 +15,10 @@
 //!    forwarded as the original bytes.
 //! 4. [`limits`] bounds what any one peer can cost: connection caps (global and per IP), the
 //!    timeouts on clients and brokers, and the byte budget for frames held whole.
-//! 5. [`metrics`] counts connections, requests, bytes and upstream latency; [`cli`] and
+//! 5. [`schema`] validates record keys and values against a Confluent-compatible schema registry:
+//!    Confluent framing, a bounded cache of compiled Avro / JSON Schema / Protobuf schemas, and
+//!    the schemas' data-contract (CEL) rules.
+//! 6. [`metrics`] counts connections, requests, bytes and upstream latency; [`cli`] and
 //!    [`config`] turn flags, environment and an optional YAML file into a [`Config`].
 
 pub mod brokers;
@@ -32,6 +35,7 @@ pub mod limits;
 pub mod metrics;
 pub mod rewrite;
 pub mod sasl;
+pub mod schema;
 pub mod server;
 pub mod upstream;
 pub mod versions;
