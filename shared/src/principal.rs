@@ -1,9 +1,11 @@
 //! Who is calling, and how a policy's principal patterns match them.
 //!
-//! registry-proxy builds a [`Principal`] from a validated OIDC token; wire-guard will build one
-//! from SASL or a client certificate. Policies name principals as `user:NAME`, `group:NAME`,
-//! `client:NAME` or `*` (anyone authenticated); there is no pattern for "unauthenticated",
-//! because unauthenticated requests never reach policy evaluation.
+//! registry-proxy builds a [`Principal`] from a validated OIDC token; wire-guard builds one
+//! from the principal the broker names (SASL or a client certificate) with
+//! [`Principal::from_kafka`]. Policies name principals as `user:NAME`, `group:NAME`,
+//! `client:NAME` or `*` (anyone authenticated); there is no pattern for "unauthenticated".
+//! registry-proxy refuses unauthenticated requests before policy evaluation; wire-guard
+//! evaluates them with no principal, which only rules without `principals:` cover.
 
 use std::fmt;
 
@@ -25,6 +27,17 @@ impl Principal {
             user: name.into(),
             ..Self::default()
         }
+    }
+
+    /// The principal Kafka names, as in its ACLs and logs: `User:alice` becomes the user
+    /// `alice`, so policies write `user:alice` for what a broker calls `User:alice`.
+    ///
+    /// Only Kafka's own `User` type is stripped. A bare name (a SASL authorization id) is the
+    /// user name as it stands, and so is a name of any other type (`Group:x` from a custom
+    /// principal builder stays the user `Group:x`): reading a type Kafka does not define as
+    /// ours could grant it more than the policy author meant.
+    pub fn from_kafka(name: &str) -> Self {
+        Self::user(name.strip_prefix("User:").unwrap_or(name))
     }
 }
 
@@ -162,6 +175,36 @@ mod tests {
         for bad in ["alice", "role:admin", "user:", "group: x", "user:a*", ""] {
             assert!(PrincipalPattern::parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn kafka_principals_become_users() {
+        assert_eq!(
+            Principal::from_kafka("User:alice"),
+            Principal::user("alice")
+        );
+        assert_eq!(Principal::from_kafka("alice"), Principal::user("alice"));
+        assert_eq!(
+            Principal::from_kafka("User:CN=svc,O=acme"),
+            Principal::user("CN=svc,O=acme")
+        );
+        assert_eq!(
+            Principal::from_kafka("User:spiffe://acme/svc"),
+            Principal::user("spiffe://acme/svc"),
+            "only the first `User:` is the type"
+        );
+        assert_eq!(
+            Principal::from_kafka("Group:admins"),
+            Principal::user("Group:admins"),
+            "a type Kafka does not define is not read as a group"
+        );
+        assert_eq!(
+            Principal::from_kafka("user:alice"),
+            Principal::user("user:alice")
+        );
+        let p = Principal::from_kafka("User:alice");
+        assert!(PrincipalPattern::parse("user:alice").unwrap().matches(&p));
+        assert!(p.groups.is_empty() && p.client_id.is_none());
     }
 
     #[test]

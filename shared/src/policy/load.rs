@@ -1,23 +1,34 @@
 //! Reading and validating a directory of policy files.
 //!
 //! Parsing uses serde-saphyr with `deny_unknown_fields` everywhere, so a misspelt key, or a
-//! section this version does not implement (wire-guard's `topics:` today), is an error rather
+//! feature this version does not implement (field protection's `fields:`), is an error rather
 //! than a rule that silently does nothing. Values are read as `Spanned` so that validation
-//! errors point at the offending line and column.
+//! errors point at the offending line and column, and keys a rule cannot do without are read
+//! as optional so that their absence is reported with every other problem of the file instead
+//! of stopping at the first.
+//!
+//! Both sections share one namespace of rule ids: an id names exactly one rule, `registry:` or
+//! `topics:`, across every file of the directory.
 
 use std::{
     collections::HashMap,
-    fs,
+    fmt, fs,
     path::{Path, PathBuf},
-    sync::Arc,
 };
 
-use serde::Deserialize;
+use serde::{
+    Deserialize, Deserializer,
+    de::{MapAccess, Visitor},
+};
 use serde_saphyr::Spanned;
 
 use super::{
     PolicyError, PolicySet,
     registry::{Operation, RegistryPolicy, RegistryRule, SubjectPattern},
+    topics::{
+        OnInvalid, RecordRule, RegistryUnavailable, SubjectStrategy, TopicPattern, TopicPolicy,
+        TopicRule, check_topic_name,
+    },
 };
 use crate::{Error, principal::PrincipalPattern};
 
@@ -25,6 +36,7 @@ use crate::{Error, principal::PrincipalPattern};
 #[serde(deny_unknown_fields)]
 struct PolicyFile {
     registry: Option<RegistrySection>,
+    topics: Option<Vec<Spanned<TopicRuleDoc>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -44,12 +56,82 @@ struct RuleDoc {
     operations: Vec<Spanned<String>>,
 }
 
+type SpannedList = Spanned<Vec<Spanned<String>>>;
+
+/// One entry of `topics:` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopicRuleDoc {
+    #[serde(default)]
+    id: Option<Spanned<String>>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default, rename = "match")]
+    topics: Option<SpannedList>,
+    #[serde(default)]
+    principals: Option<SpannedList>,
+    #[serde(default)]
+    key: Option<Spanned<RecordRuleDoc>>,
+    #[serde(default)]
+    value: Option<Spanned<RecordRuleDoc>>,
+}
+
+/// A topic rule's `key:` or `value:` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordRuleDoc {
+    #[serde(default)]
+    schema: Option<Spanned<String>>,
+    #[serde(default)]
+    subject: Option<Spanned<String>>,
+    #[serde(default)]
+    subjects: Option<SpannedList>,
+    #[serde(default)]
+    on_invalid: Option<Spanned<OnInvalidDoc>>,
+    #[serde(default)]
+    registry_unavailable: Option<Spanned<String>>,
+}
+
+/// `on_invalid:` as written: a word (`reject`, `audit`) or a map (`{ dead_letter: TOPIC }`).
+/// Read by hand so that a wrong word or key becomes a validation error with a hint, listed
+/// with the file's other problems, rather than serde's "did not match any variant".
+#[derive(Debug)]
+enum OnInvalidDoc {
+    Word(String),
+    Map(Vec<(String, String)>),
+}
+
+impl<'de> Deserialize<'de> for OnInvalidDoc {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OnInvalidDoc;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("reject, audit, or { dead_letter: TOPIC }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<OnInvalidDoc, E> {
+                Ok(OnInvalidDoc::Word(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<OnInvalidDoc, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry::<String, String>()? {
+                    entries.push(entry);
+                }
+                Ok(OnInvalidDoc::Map(entries))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
 /// The validated content of one file, before rule ids are checked across files.
 #[derive(Debug, Default)]
 pub struct ParsedFile {
     pub registry: Vec<RegistryRule>,
-    /// Where each rule's id was written, for duplicate-id errors across files.
-    id_locations: Vec<(u64, u64)>,
+    pub topics: Vec<TopicRule>,
+    /// Every rule id of the file, both sections, with where it was written, for
+    /// duplicate-id errors across files.
+    ids: Vec<(String, (u64, u64))>,
 }
 
 /// Lists the policy files of `dir` in name order, so evaluation order is stable.
@@ -77,8 +159,9 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, Error> {
         }])
     })?;
     let mut errors = Vec::new();
-    let mut rules = Vec::new();
-    let mut seen: HashMap<Arc<str>, (PathBuf, u64)> = HashMap::new();
+    let mut registry = Vec::new();
+    let mut topics = Vec::new();
+    let mut seen: HashMap<String, (PathBuf, u64)> = HashMap::new();
     for file in &files {
         let text = match fs::read_to_string(file) {
             Ok(text) => text,
@@ -89,29 +172,31 @@ pub fn load_dir(dir: &Path) -> Result<PolicySet, Error> {
         };
         match parse_file(file, &text) {
             Ok(parsed) => {
-                for (rule, (line, column)) in parsed.registry.into_iter().zip(parsed.id_locations) {
-                    if let Some((first_file, first_line)) = seen.get(&rule.id) {
+                for (id, (line, column)) in parsed.ids {
+                    if let Some((first_file, first_line)) = seen.get(&id) {
                         errors.push(err(
                             file,
                             Some((line, column)),
-                            format!("duplicate rule id {:?}", &*rule.id),
+                            format!("duplicate rule id {id:?}"),
                             &format!(
-                                "it is already used at {}:{first_line}; audit records name rules by id, so each id must be unique",
+                                "it is already used at {}:{first_line}; audit records, logs and metrics name rules by id, so each id must be unique across registry: and topics: rules",
                                 first_file.display()
                             ),
                         ));
                     } else {
-                        seen.insert(rule.id.clone(), (file.clone(), line));
-                        rules.push(rule);
+                        seen.insert(id, (file.clone(), line));
                     }
                 }
+                registry.extend(parsed.registry);
+                topics.extend(parsed.topics);
             }
             Err(mut file_errors) => errors.append(&mut file_errors),
         }
     }
     if errors.is_empty() {
         Ok(PolicySet {
-            registry: RegistryPolicy { rules },
+            registry: RegistryPolicy { rules: registry },
+            topics: TopicPolicy { rules: topics },
             files,
         })
     } else {
@@ -133,6 +218,67 @@ fn at<T>(s: &Spanned<T>) -> Option<(u64, u64)> {
     Some((s.referenced.line(), s.referenced.column()))
 }
 
+/// Collects one file's problems and the ids it has used so far.
+struct Checker<'a> {
+    file: &'a Path,
+    errors: Vec<PolicyError>,
+    /// Ids seen in this file (both sections), with their line.
+    ids_here: HashMap<String, u64>,
+}
+
+impl Checker<'_> {
+    fn push(&mut self, at: Option<(u64, u64)>, message: String, hint: &str) {
+        self.errors.push(err(self.file, at, message, hint));
+    }
+
+    /// Checks a rule id's spelling and uniqueness within the file; `Some` when it is usable.
+    fn id(&mut self, id: &Spanned<String>) -> Option<String> {
+        let text = id.value.trim();
+        if text.is_empty()
+            || text != id.value
+            || !text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        {
+            self.push(
+                at(id),
+                format!("rule id {:?} is not a plain name", id.value),
+                "use letters, digits, `-`, `_`, `.` or `:`, e.g. payments-owners",
+            );
+            return None;
+        }
+        if let Some(first) = self.ids_here.get(text) {
+            let hint = format!("it is already used on line {first}; each rule needs its own id");
+            self.push(at(id), format!("duplicate rule id {text:?}"), &hint);
+            return None;
+        }
+        self.ids_here.insert(text.to_owned(), id.referenced.line());
+        Some(text.to_owned())
+    }
+
+    fn principals(&mut self, list: &[Spanned<String>]) -> Vec<PrincipalPattern> {
+        let mut out = Vec::new();
+        for p in list {
+            match PrincipalPattern::parse(&p.value) {
+                Ok(pattern) => out.push(pattern),
+                Err(e) => self.push(at(p), e.message, &e.hint),
+            }
+        }
+        out
+    }
+
+    fn subjects(&mut self, list: &[Spanned<String>]) -> Vec<SubjectPattern> {
+        let mut out = Vec::new();
+        for s in list {
+            match SubjectPattern::parse(&s.value) {
+                Ok(pattern) => out.push(pattern),
+                Err((message, hint)) => self.push(at(s), message, &hint),
+            }
+        }
+        out
+    }
+}
+
 /// Parses and validates one file's text; `file` is only used to name it in errors.
 pub fn parse_file(file: &Path, text: &str) -> Result<ParsedFile, Vec<PolicyError>> {
     // An empty file (or one holding only comments) is a valid, empty policy.
@@ -143,138 +289,346 @@ pub fn parse_file(file: &Path, text: &str) -> Result<ParsedFile, Vec<PolicyError
         return Ok(ParsedFile::default());
     }
     let doc: PolicyFile = serde_saphyr::from_str(text).map_err(|e| vec![yaml_error(file, &e)])?;
-    let mut errors = Vec::new();
-    let mut parsed = ParsedFile::default();
-    let Some(section) = doc.registry else {
-        return Ok(parsed);
+    let mut check = Checker {
+        file,
+        errors: Vec::new(),
+        ids_here: HashMap::new(),
     };
-    let mut ids_here: HashMap<String, u64> = HashMap::new();
-    for doc in section.rules {
-        let before = errors.len();
-        let id = doc.id.value.trim();
-        if id.is_empty()
-            || id != doc.id.value
-            || !id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
-        {
-            errors.push(err(
-                file,
-                at(&doc.id),
-                format!("rule id {:?} is not a plain name", doc.id.value),
-                "use letters, digits, `-`, `_`, `.` or `:`, e.g. payments-owners",
-            ));
-        } else if let Some(first) = ids_here.get(id) {
-            errors.push(err(
-                file,
-                at(&doc.id),
-                format!("duplicate rule id {id:?}"),
-                &format!("it is already used on line {first}; each rule needs its own id"),
-            ));
-        } else {
-            ids_here.insert(id.to_owned(), doc.id.referenced.line());
-        }
-        let _ = doc.description;
-        let mut principals = Vec::new();
-        for p in &doc.principals {
-            match PrincipalPattern::parse(&p.value) {
-                Ok(pattern) => principals.push(pattern),
-                Err(e) => errors.push(err(file, at(p), e.message, &e.hint)),
-            }
-        }
-        let mut subjects = Vec::new();
-        for s in &doc.subjects {
-            match SubjectPattern::parse(&s.value) {
-                Ok(pattern) => subjects.push(pattern),
-                Err((message, hint)) => errors.push(err(file, at(s), message, &hint)),
-            }
-        }
-        let mut operations = Vec::new();
-        for o in &doc.operations {
-            match o.value.parse::<Operation>() {
-                Ok(op) => {
-                    if op.is_global()
-                        && !subjects.contains(&SubjectPattern::Any)
-                        && doc.subjects.iter().all(|s| s.value != "*")
-                    {
-                        errors.push(err(
-                            file,
-                            at(o),
-                            format!("operation {op} applies to the whole registry, but this rule's subjects are narrower"),
-                            "grant global operations in a rule with subjects: [\"*\"]",
-                        ));
-                    }
-                    operations.push(op);
-                }
-                Err(()) => errors.push(err(
-                    file,
-                    at(o),
-                    format!("unknown operation {:?}", o.value),
-                    &format!("expected one of {}{}", op_names(), suggestion(&o.value)),
-                )),
-            }
-        }
-        for (list, name, what) in [
-            (
-                doc.principals.is_empty(),
-                "principals",
-                "user:NAME, group:NAME, client:NAME or *",
-            ),
-            (
-                doc.subjects.is_empty(),
-                "subjects",
-                "a subject, PREFIX* or *",
-            ),
-            (
-                doc.operations.is_empty(),
-                "operations",
-                "one or more of read, write, ...",
-            ),
-        ] {
-            if list {
-                errors.push(err(
-                    file,
-                    at(&doc.id),
-                    format!(
-                        "rule {:?} has an empty `{name}` list, so it can never match",
-                        doc.id.value
-                    ),
-                    &format!("list at least one of {what}, or delete the rule"),
-                ));
-            }
-        }
-        if errors.len() == before {
-            parsed.registry.push(RegistryRule {
-                id: id.into(),
-                principals,
-                subjects,
-                operations,
-            });
-            parsed
-                .id_locations
-                .push((doc.id.referenced.line(), doc.id.referenced.column()));
+    let mut parsed = ParsedFile::default();
+    for rule in doc.registry.map(|s| s.rules).unwrap_or_default() {
+        if let Some((rule, place)) = registry_rule(&mut check, rule) {
+            parsed.ids.push((rule.id.to_string(), place));
+            parsed.registry.push(rule);
         }
     }
-    if errors.is_empty() {
+    for rule in doc.topics.unwrap_or_default() {
+        if let Some((rule, place)) = topic_rule(&mut check, rule) {
+            parsed.ids.push((rule.id.clone(), place));
+            parsed.topics.push(rule);
+        }
+    }
+    if check.errors.is_empty() {
         Ok(parsed)
     } else {
-        Err(errors)
+        Err(check.errors)
     }
 }
 
-fn op_names() -> String {
-    Operation::ALL
-        .iter()
-        .map(|o| o.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
+/// Validates one `registry:` rule; `None` when it has problems (they are in `check`).
+fn registry_rule(check: &mut Checker<'_>, doc: RuleDoc) -> Option<(RegistryRule, (u64, u64))> {
+    let before = check.errors.len();
+    let id = check.id(&doc.id);
+    let _ = doc.description;
+    let principals = check.principals(&doc.principals);
+    let subjects = check.subjects(&doc.subjects);
+    let mut operations = Vec::new();
+    for o in &doc.operations {
+        match o.value.parse::<Operation>() {
+            Ok(op) => {
+                if op.is_global()
+                    && !subjects.contains(&SubjectPattern::Any)
+                    && doc.subjects.iter().all(|s| s.value != "*")
+                {
+                    check.push(
+                        at(o),
+                        format!("operation {op} applies to the whole registry, but this rule's subjects are narrower"),
+                        "grant global operations in a rule with subjects: [\"*\"]",
+                    );
+                }
+                operations.push(op);
+            }
+            Err(()) => {
+                let names: Vec<&str> = Operation::ALL.iter().map(|o| o.as_str()).collect();
+                check.push(
+                    at(o),
+                    format!("unknown operation {:?}", o.value),
+                    &format!(
+                        "expected one of {}{}",
+                        names.join(", "),
+                        suggestion(&o.value, &names)
+                    ),
+                );
+            }
+        }
+    }
+    for (list, name, what) in [
+        (
+            doc.principals.is_empty(),
+            "principals",
+            "user:NAME, group:NAME, client:NAME or *",
+        ),
+        (
+            doc.subjects.is_empty(),
+            "subjects",
+            "a subject, PREFIX* or *",
+        ),
+        (
+            doc.operations.is_empty(),
+            "operations",
+            "one or more of read, write, ...",
+        ),
+    ] {
+        if list {
+            check.push(
+                at(&doc.id),
+                format!(
+                    "rule {:?} has an empty `{name}` list, so it can never match",
+                    doc.id.value
+                ),
+                &format!("list at least one of {what}, or delete the rule"),
+            );
+        }
+    }
+    let id = id.filter(|_| check.errors.len() == before)?;
+    Some((
+        RegistryRule {
+            id: id.into(),
+            principals,
+            subjects,
+            operations,
+        },
+        (doc.id.referenced.line(), doc.id.referenced.column()),
+    ))
+}
+
+/// Validates one `topics:` rule; `None` when it has problems (they are in `check`).
+fn topic_rule(
+    check: &mut Checker<'_>,
+    doc: Spanned<TopicRuleDoc>,
+) -> Option<(TopicRule, (u64, u64))> {
+    let before = check.errors.len();
+    let rule_at = at(&doc);
+    let doc = doc.value;
+    let id = match &doc.id {
+        Some(id) => check.id(id),
+        None => {
+            check.push(
+                rule_at,
+                "topic rule has no `id`".into(),
+                "add id: NAME (e.g. payments-values); wire-guard names the rule in logs, metrics and dead-letter headers",
+            );
+            None
+        }
+    };
+    let name = doc.id.as_ref().map_or("", |id| id.value.as_str());
+    let _ = doc.description;
+
+    let mut topics = Vec::new();
+    match &doc.topics {
+        None => check.push(
+            rule_at,
+            format!("topic rule {name:?} has no `match`"),
+            "add match: [\"TOPIC\", \"PREFIX*\"] listing the topics it governs",
+        ),
+        Some(list) if list.value.is_empty() => check.push(
+            at(list),
+            format!("topic rule {name:?} has an empty `match` list, so it governs no topic"),
+            "list at least one topic name, PREFIX* or *, or delete the rule",
+        ),
+        Some(list) => {
+            for t in &list.value {
+                match TopicPattern::parse(&t.value) {
+                    Ok(pattern) => topics.push(pattern),
+                    Err((message, hint)) => check.push(at(t), message, &hint),
+                }
+            }
+        }
+    }
+
+    let principals = match &doc.principals {
+        None => None,
+        Some(list) if list.value.is_empty() => {
+            check.push(
+                at(list),
+                format!("topic rule {name:?} has an empty `principals` list, so it applies to no producer"),
+                "list user:NAME, group:NAME, client:NAME or *, or remove `principals:` to govern every producer",
+            );
+            None
+        }
+        Some(list) => Some(check.principals(&list.value)),
+    };
+
+    if doc.key.is_none() && doc.value.is_none() {
+        check.push(
+            rule_at,
+            format!("topic rule {name:?} checks neither `key` nor `value`"),
+            "add value: { schema: required } (or key:), or delete the rule",
+        );
+    }
+    let key = doc
+        .key
+        .as_ref()
+        .and_then(|r| record_rule(check, r, &topics));
+    let value = doc
+        .value
+        .as_ref()
+        .and_then(|r| record_rule(check, r, &topics));
+
+    let id = id.filter(|_| check.errors.len() == before)?;
+    let place = doc
+        .id
+        .as_ref()
+        .map_or((0, 0), |id| (id.referenced.line(), id.referenced.column()));
+    Some((
+        TopicRule {
+            id,
+            topics,
+            principals,
+            key,
+            value,
+        },
+        place,
+    ))
+}
+
+/// Validates a `key:` or `value:` rule; `topics` are the rule's parsed `match` patterns, which
+/// its dead-letter topic must escape.
+fn record_rule(
+    check: &mut Checker<'_>,
+    doc: &Spanned<RecordRuleDoc>,
+    topics: &[TopicPattern],
+) -> Option<RecordRule> {
+    let before = check.errors.len();
+    let rule = &doc.value;
+    match &rule.schema {
+        None => check.push(
+            at(doc),
+            "record rule has no `schema`".into(),
+            "write schema: required (Confluent framing naming a registered schema)",
+        ),
+        Some(s) if s.value != "required" => check.push(
+            at(s),
+            format!("unknown schema requirement {:?}", s.value),
+            "the only value is `required`: Confluent framing (magic byte 0 and a 4-byte id) naming a registered schema",
+        ),
+        Some(_) => {}
+    }
+
+    let strategy = match &rule.subject {
+        None => SubjectStrategy::Topic,
+        Some(s) => match s.value.parse::<SubjectStrategy>() {
+            Ok(strategy) => strategy,
+            Err(()) => {
+                let names: Vec<&str> = SubjectStrategy::ALL.iter().map(|s| s.as_str()).collect();
+                check.push(
+                    at(s),
+                    format!("unknown subject name strategy {:?}", s.value),
+                    &format!(
+                        "expected one of {} (TopicNameStrategy, RecordNameStrategy, TopicRecordNameStrategy){}",
+                        names.join(", "),
+                        suggestion(&s.value, &names)
+                    ),
+                );
+                SubjectStrategy::Topic
+            }
+        },
+    };
+
+    let subjects = match &rule.subjects {
+        None => None,
+        Some(list) if list.value.is_empty() => {
+            check.push(
+                at(list),
+                "empty `subjects` list, so no schema could ever be accepted".into(),
+                "list subject patterns (a subject, PREFIX* or *), or remove `subjects:` to accept the subject the strategy names",
+            );
+            None
+        }
+        Some(list) => Some(check.subjects(&list.value)),
+    };
+
+    let on_invalid = match &rule.on_invalid {
+        None => OnInvalid::Reject,
+        Some(o) => on_invalid(check, o, topics),
+    };
+
+    let registry_unavailable = match &rule.registry_unavailable {
+        None => RegistryUnavailable::FailClosed,
+        Some(r) => r.value.parse().unwrap_or_else(|()| {
+            let names: Vec<&str> = RegistryUnavailable::ALL
+                .iter()
+                .map(|r| r.as_str())
+                .collect();
+            check.push(
+                at(r),
+                format!("unknown registry_unavailable {:?}", r.value),
+                &format!(
+                    "expected {}{}",
+                    names.join(" or "),
+                    suggestion(&r.value, &names)
+                ),
+            );
+            RegistryUnavailable::FailClosed
+        }),
+    };
+
+    (check.errors.len() == before).then_some(RecordRule {
+        strategy,
+        subjects,
+        on_invalid,
+        registry_unavailable,
+    })
+}
+
+fn on_invalid(
+    check: &mut Checker<'_>,
+    doc: &Spanned<OnInvalidDoc>,
+    topics: &[TopicPattern],
+) -> OnInvalid {
+    const HINT: &str = "write reject, audit, or { dead_letter: TOPIC }";
+    match &doc.value {
+        OnInvalidDoc::Word(w) if w == "reject" => OnInvalid::Reject,
+        OnInvalidDoc::Word(w) if w == "audit" => OnInvalid::Audit,
+        OnInvalidDoc::Word(w) if w == "dead_letter" => {
+            check.push(
+                at(doc),
+                "on_invalid: dead_letter needs the topic to write bad records to".into(),
+                "write on_invalid: { dead_letter: TOPIC }",
+            );
+            OnInvalid::Reject
+        }
+        OnInvalidDoc::Word(w) => {
+            check.push(
+                at(doc),
+                format!("unknown on_invalid {w:?}"),
+                &format!(
+                    "{HINT}{}",
+                    suggestion(w, &["reject", "audit", "dead_letter"])
+                ),
+            );
+            OnInvalid::Reject
+        }
+        OnInvalidDoc::Map(entries) => match entries.as_slice() {
+            [(k, topic)] if k == "dead_letter" => {
+                if let Err((message, hint)) = check_topic_name(topic) {
+                    check.push(at(doc), format!("dead-letter topic: {message}"), &hint);
+                } else if let Some(p) = topics.iter().find(|p| p.matches(topic)) {
+                    check.push(
+                        at(doc),
+                        format!("dead-letter topic {topic:?} is governed by this rule's own match pattern {:?}", p.to_string()),
+                        "a dead-letter topic holds the records this rule refuses, so the rule must not govern it; pick a topic its match does not cover, e.g. dlq.payments",
+                    );
+                }
+                OnInvalid::DeadLetter(topic.clone())
+            }
+            _ => {
+                let keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+                check.push(
+                    at(doc),
+                    format!("on_invalid map has keys {keys:?}; the only key is dead_letter"),
+                    HINT,
+                );
+                OnInvalid::Reject
+            }
+        },
+    }
 }
 
 /// "; did you mean ..." for a near miss, by edit distance.
-fn suggestion(word: &str) -> String {
-    Operation::ALL
+fn suggestion(word: &str, names: &[&str]) -> String {
+    names
         .iter()
-        .map(|o| (edit_distance(word, o.as_str()), o.as_str()))
+        .map(|name| (edit_distance(word, name), *name))
         .filter(|(d, _)| *d <= 2)
         .min()
         .map(|(_, name)| format!(" (did you mean {name:?}?)"))
@@ -296,6 +650,18 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
+/// Keys other documents use for features this version does not implement, with what to say.
+const NOT_AVAILABLE: &[(&str, &str)] = &[
+    (
+        "fields",
+        "field protection (encrypt, tokenize, mask) is not available in this version; remove `fields:`",
+    ),
+    (
+        "sign",
+        "record signing is not available in this version; remove `sign:`",
+    ),
+];
+
 fn yaml_error(file: &Path, e: &serde_saphyr::Error) -> PolicyError {
     let location = e.location().map(|l| (l.line(), l.column()));
     let plain = e.without_snippet().to_string();
@@ -305,10 +671,18 @@ fn yaml_error(file: &Path, e: &serde_saphyr::Error) -> PolicyError {
         .map_or(plain.as_str(), |(m, _)| m)
         .trim()
         .to_owned();
-    let hint = if message.contains("unknown field") {
-        "top-level keys: registry (rule keys: id, description, principals, subjects, operations); sections this version does not implement are refused rather than ignored"
-    } else {
-        ""
+    let hint = match message
+        .strip_prefix("unknown field `")
+        .and_then(|rest| rest.split_once('`'))
+    {
+        Some((field, _)) => NOT_AVAILABLE
+            .iter()
+            .find(|(name, _)| *name == field)
+            .map_or(
+                "keys this version does not know are refused rather than ignored, so that a misspelt key cannot silently disable a rule; see docs/policies.md",
+                |(_, hint)| hint,
+            ),
+        None => "",
     };
     err(file, location, message, hint)
 }
@@ -401,25 +775,268 @@ mod tests {
         write(
             dir.path(),
             "payments.yaml",
-            "topics:\n  - match: \"payments.*\"\n",
+            "topics:\n  - id: p\n    match: [\"payments.*\"]\n    value: { schema: required }\n    fields:\n      - { path: \"$.card\", action: encrypt }\n",
         );
         write(
             dir.path(),
             "typo.yaml",
             "registry:\n  rules:\n    - id: a\n      principal: [\"*\"]\n      subjects: [\"*\"]\n      operations: [read]\n",
         );
+        write(
+            dir.path(),
+            "record.yaml",
+            "topics:\n  - id: r\n    match: [orders]\n    value:\n      schema: required\n      on_invalid: reject\n      onInvalid: audit\n",
+        );
         let errors = errors_of(dir.path());
-        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        let fields = errors.iter().find(|e| e.contains("payments.yaml")).unwrap();
         assert!(
-            errors
-                .iter()
-                .any(|e| e.contains("payments.yaml:1:1") && e.contains("topics")),
-            "{errors:#?}"
+            fields.contains("payments.yaml:5:5: unknown field `fields`")
+                && fields.contains("field protection (encrypt, tokenize, mask) is not available in this version; remove `fields:`"),
+            "{fields}"
         );
         assert!(
             errors
                 .iter()
                 .any(|e| e.contains("typo.yaml:4:") && e.contains("principal")),
+            "{errors:#?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("record.yaml:7:") && e.contains("`onInvalid`")),
+            "{errors:#?}"
+        );
+    }
+
+    const TOPICS: &str = r#"topics:
+  - id: payments-values
+    description: card payments
+    match: ["payments.*"]
+    value:
+      schema: required
+      on_invalid: { dead_letter: payments-dlq }
+  - id: backfill
+    match: [orders]
+    principals: ["user:backfill", "group:etl"]
+    key: { schema: required, subject: record, on_invalid: audit }
+    value:
+      schema: required
+      subject: topic_record
+      subjects: ["orders-com.acme.*"]
+      registry_unavailable: fail_open
+  - id: orders
+    match: [orders, "orders.*"]
+    value: { schema: required }
+"#;
+
+    #[test]
+    fn loads_topic_rules_with_their_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.yaml", GOOD);
+        write(dir.path(), "b.yaml", TOPICS);
+        let set = load_dir(dir.path()).unwrap();
+        assert_eq!(set.registry.rules.len(), 1);
+        let ids: Vec<_> = set.topics.rules.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["payments-values", "backfill", "orders"]);
+        let payments = &set.topics.rules[0];
+        assert_eq!(payments.topics, [TopicPattern::Prefix("payments.".into())]);
+        assert_eq!(payments.principals, None);
+        assert_eq!(payments.key, None);
+        assert_eq!(
+            payments.value,
+            Some(RecordRule {
+                strategy: SubjectStrategy::Topic,
+                subjects: None,
+                on_invalid: OnInvalid::DeadLetter("payments-dlq".into()),
+                registry_unavailable: RegistryUnavailable::FailClosed,
+            })
+        );
+        let backfill = &set.topics.rules[1];
+        assert_eq!(
+            backfill.principals,
+            Some(vec![
+                PrincipalPattern::User("backfill".into()),
+                PrincipalPattern::Group("etl".into())
+            ])
+        );
+        assert_eq!(
+            backfill.key,
+            Some(RecordRule {
+                strategy: SubjectStrategy::Record,
+                subjects: None,
+                on_invalid: OnInvalid::Audit,
+                registry_unavailable: RegistryUnavailable::FailClosed,
+            })
+        );
+        assert_eq!(
+            backfill.value,
+            Some(RecordRule {
+                strategy: SubjectStrategy::TopicRecord,
+                subjects: Some(vec![SubjectPattern::Prefix("orders-com.acme.".into())]),
+                on_invalid: OnInvalid::Reject,
+                registry_unavailable: RegistryUnavailable::FailOpen,
+            })
+        );
+        let backfill_user = crate::principal::Principal::from_kafka("User:backfill");
+        assert_eq!(
+            set.topics
+                .rule_for("orders", Some(&backfill_user))
+                .map(|r| r.id.as_str()),
+            Some("backfill")
+        );
+        assert_eq!(
+            set.topics.rule_for("orders", None).map(|r| r.id.as_str()),
+            Some("orders")
+        );
+        assert!(set.topics.rule_for("payments-dlq", None).is_none());
+    }
+
+    #[test]
+    fn every_topic_rule_error_is_listed_with_its_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = "t".repeat(250);
+        let text = format!(
+            r#"topics:
+  - description: no id
+    match: [a]
+    value: {{ schema: required }}
+  - id: ""
+    match: [b]
+    value: {{ schema: required }}
+  - id: empty-match
+    match: []
+    value: {{ schema: required }}
+  - id: bad-topics
+    match: ["pay*ments", "orders/eu", "{long}", "ok"]
+    value: {{ schema: required }}
+  - id: nothing-checked
+    match: [c]
+  - id: bad-record
+    match: [d]
+    principals: ["role:x", "*"]
+    key:
+      schema: optional
+      subject: topic_name
+      subjects: ["*-value"]
+      registry_unavailable: fail_opne
+    value:
+      subject: record
+      on_invalid: rejct
+  - id: bad-dead-letters
+    match: ["payments.*"]
+    key: {{ schema: required, on_invalid: {{ dead_letter: "payments.dlq" }} }}
+    value: {{ schema: required, on_invalid: {{ dead_letter: "dlq/payments" }} }}
+  - id: no-match
+    value: {{ schema: required, on_invalid: dead_letter }}
+  - id: empty-lists
+    match: [e]
+    principals: []
+    value: {{ schema: required, subjects: [], on_invalid: {{ dead_letter: x, topic: y }} }}
+"#
+        );
+        write(dir.path(), "topics.yaml", &text);
+        let errors = errors_of(dir.path());
+        let expect: &[(&str, &str)] = &[
+            ("2:5", r#"topic rule has no `id`"#),
+            ("5:9", r#"rule id "" is not a plain name"#),
+            (
+                "9:12",
+                r#"topic rule "empty-match" has an empty `match` list"#,
+            ),
+            (
+                "12:13",
+                r#"topic pattern "pay*ments" has a `*` that is not at the end"#,
+            ),
+            (
+                "12:26",
+                r#""orders/eu" contains '/', which Kafka does not allow in a topic name"#,
+            ),
+            (
+                "12:39",
+                r#"is 250 characters long; Kafka topic names have at most 249"#,
+            ),
+            (
+                "14:5",
+                r#"topic rule "nothing-checked" checks neither `key` nor `value`"#,
+            ),
+            ("18:18", r#"unknown principal kind "role""#),
+            ("20:15", r#"unknown schema requirement "optional""#),
+            (
+                "21:16",
+                r#"unknown subject name strategy "topic_name"; expected one of topic, record, topic_record"#,
+            ),
+            (
+                "22:18",
+                r#"subject pattern "*-value" has a `*` that is not at the end"#,
+            ),
+            (
+                "23:29",
+                r#"unknown registry_unavailable "fail_opne"; expected fail_closed or fail_open (did you mean "fail_open"?)"#,
+            ),
+            ("25:7", r#"record rule has no `schema`"#),
+            (
+                "26:19",
+                r#"unknown on_invalid "rejct"; write reject, audit, or { dead_letter: TOPIC } (did you mean "reject"?)"#,
+            ),
+            (
+                "29:42",
+                r#"dead-letter topic "payments.dlq" is governed by this rule's own match pattern "payments.*""#,
+            ),
+            ("30:44", r#"dead-letter topic: "dlq/payments" contains '/'"#),
+            ("31:5", r#"topic rule "no-match" has no `match`"#),
+            ("32:44", r#"on_invalid: dead_letter needs the topic"#),
+            ("35:17", r#"empty `principals` list"#),
+            ("36:42", r#"empty `subjects` list"#),
+            (
+                "36:58",
+                r#"on_invalid map has keys ["dead_letter", "topic"]"#,
+            ),
+        ];
+        for (place, text) in expect {
+            let prefix = format!("{}:{place}: ", dir.path().join("topics.yaml").display());
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.starts_with(&prefix) && e.contains(text)),
+                "no error {prefix}...{text} in {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), expect.len(), "{errors:#?}");
+        assert!(
+            errors.iter().all(|e| e.contains("; ")),
+            "every error has a hint: {errors:#?}"
+        );
+    }
+
+    #[test]
+    fn rule_ids_are_one_namespace_across_sections() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "a.yaml", GOOD);
+        write(
+            dir.path(),
+            "b.yaml",
+            "topics:\n  - id: owners\n    match: [x]\n    value: { schema: required }\n",
+        );
+        write(
+            dir.path(),
+            "c.yaml",
+            "registry:\n  rules:\n    - id: readers\n      principals: [\"*\"]\n      subjects: [\"*\"]\n      operations: [read]\ntopics:\n  - id: readers\n    match: [y]\n    value: { schema: required }\n  - id: y\n    match: [y]\n    value: { schema: required }\n  - id: y\n    match: [z]\n    value: { schema: required }\n",
+        );
+        let errors = errors_of(dir.path());
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        assert!(
+            errors[0].contains("b.yaml:2:9: duplicate rule id \"owners\"")
+                && errors[0].contains("a.yaml:3"),
+            "{errors:#?}"
+        );
+        assert!(
+            errors[1].contains("c.yaml:8:9: duplicate rule id \"readers\"")
+                && errors[1].contains("line 3"),
+            "{errors:#?}"
+        );
+        assert!(
+            errors[2].contains("c.yaml:14:9: duplicate rule id \"y\""),
             "{errors:#?}"
         );
     }
@@ -463,5 +1080,6 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
         let set = load_dir(&dir).unwrap_or_else(|e| panic!("policies/ does not validate:\n{e}"));
         assert!(!set.registry.rules.is_empty());
+        assert!(!set.topics.is_empty());
     }
 }

@@ -2,28 +2,41 @@
 //!
 //! - [`load`]: reads every `*.yaml`/`*.yml` in a directory with serde-saphyr, refuses unknown
 //!   keys, validates every rule and collects *all* problems across *all* files before
-//!   answering, so an operator fixes a directory in one pass.
+//!   answering, so an operator fixes a directory in one pass. Rule ids form one namespace
+//!   across both sections and every file.
 //! - [`registry`]: the `registry:` section: subject ACL rules for registry-proxy, their
 //!   operations and subject patterns, and the deny-by-default evaluation that returns the id of
 //!   the rule that permitted a request.
+//! - [`topics`]: the `topics:` section: wire-guard's data-quality rules, which say what the
+//!   keys and values produced to governed topics must look like (Confluent framing naming a
+//!   registered schema) and what happens to a record that does not (reject, dead-letter, or
+//!   audit), and the first-match lookup of the rule for a (topic, producer).
 //! - [`store`]: the policy in force, behind a `watch` channel, and a poller that reloads when
 //!   files change and keeps the old policy when the new one does not validate.
 
 pub mod load;
 pub mod registry;
 pub mod store;
+pub mod topics;
 
 use std::{fmt, path::PathBuf};
 
 pub use load::{load_dir, parse_file};
 pub use registry::{Decision, Operation, RegistryPolicy, RegistryRule, SubjectPattern};
 pub use store::PolicyStore;
+pub use topics::{
+    OnInvalid, RecordRule, RegistryUnavailable, SubjectStrategy, TopicPattern, TopicPolicy,
+    TopicRule,
+};
 
 /// Everything the services evaluate, built from one directory of policy files.
 #[derive(Debug, Clone, Default)]
 pub struct PolicySet {
     /// Subject ACLs for registry-proxy, from every file's `registry:` section.
     pub registry: RegistryPolicy,
+    /// Data-quality rules for wire-guard, from every file's `topics:` section, in file-name
+    /// then file order (the order [`TopicPolicy::rule_for`] searches).
+    pub topics: TopicPolicy,
     /// The files the set was built from, in load order, for logs and audit context.
     pub files: Vec<PathBuf>,
 }

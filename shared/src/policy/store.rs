@@ -98,7 +98,7 @@ impl PolicyStore {
                 match self.reload() {
                     Ok(()) => {
                         let set = self.current();
-                        tracing::info!(dir = %self.dir.display(), registry_rules = set.registry.rules.len(), "policy reloaded");
+                        tracing::info!(dir = %self.dir.display(), registry_rules = set.registry.rules.len(), topic_rules = set.topics.rules.len(), "policy reloaded");
                     }
                     Err(Error::Policy(errors)) => {
                         for e in &errors {
