@@ -107,6 +107,10 @@ struct SchemaBody {
     schema_type: Option<String>,
     #[serde(default)]
     references: Option<Vec<Reference>>,
+    #[serde(default)]
+    metadata: Option<Value>,
+    #[serde(default)]
+    rule_set: Option<Value>,
 }
 
 /// Fields a registration or lookup body may carry (Confluent's RegisterSchemaRequest).
@@ -145,6 +149,8 @@ fn parse_body(body: &[u8]) -> Result<SchemaKey> {
             .to_ascii_uppercase(),
         schema: body.schema,
         references: body.references.unwrap_or_default(),
+        metadata: body.metadata,
+        rule_set: body.rule_set,
     })
 }
 
@@ -156,6 +162,12 @@ fn schema_json(key: &SchemaKey, extra: Value) -> Value {
     }
     if !key.references.is_empty() {
         out["references"] = json!(key.references);
+    }
+    if let Some(metadata) = &key.metadata {
+        out["metadata"] = metadata.clone();
+    }
+    if let Some(rule_set) = &key.rule_set {
+        out["ruleSet"] = rule_set.clone();
     }
     out
 }
@@ -480,6 +492,7 @@ async fn delete_subject_mode(
 
 #[cfg(test)]
 mod tests {
+    use serde_json::{Value, json};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// (status, body) of one request to a fresh registry per test.
@@ -562,6 +575,83 @@ mod tests {
                 r#"{"error_code":404,"message":"HTTP 404 Not Found"}"#.into()
             ),
             "a registry without the associations API: serializers fall back on this 404"
+        );
+    }
+
+    async fn json(addr: std::net::SocketAddr, method: &str, target: &str, body: &str) -> Value {
+        let (status, text) = call(addr, method, target, body).await;
+        assert_eq!(status, 200, "{method} {target}: {text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn metadata_and_rule_set_are_kept_and_returned() {
+        let addr = registry().await;
+        let rules = json!({"domainRules": [{"name": "amount-positive", "kind": "CONDITION",
+            "mode": "WRITE", "type": "CEL", "expr": "message.amount > 0", "onFailure": "DLQ"}]});
+        let metadata = json!({"properties": {"owner": "payments"}, "sensitive": ["card"]});
+        let schema = r#"{"type":"record","name":"P","fields":[{"name":"amount","type":"long"}]}"#;
+        let body = |rule_set: &Value, metadata: &Value| {
+            json!({"schema": schema, "ruleSet": rule_set, "metadata": metadata}).to_string()
+        };
+        let with = body(&rules, &metadata);
+
+        let registered = json(addr, "POST", "/subjects/p-value/versions", &with).await;
+        let id = registered["id"].as_i64().unwrap();
+        assert_eq!(registered["ruleSet"], rules);
+        let by_id = json(addr, "GET", &format!("/schemas/ids/{id}"), "").await;
+        assert_eq!(by_id["ruleSet"], rules, "{by_id}");
+        assert_eq!(by_id["metadata"], metadata, "{by_id}");
+        for target in [
+            "/subjects/p-value/versions/1",
+            "/subjects/p-value/versions/latest",
+            "/subjects/p-value/metadata",
+        ] {
+            let got = json(addr, "GET", target, "").await;
+            assert_eq!(
+                (&got["ruleSet"], &got["metadata"]),
+                (&rules, &metadata),
+                "{target}: {got}"
+            );
+        }
+        let found = json(addr, "POST", "/subjects/p-value", &with).await;
+        assert_eq!(
+            (found["id"].as_i64(), &found["ruleSet"]),
+            (Some(id), &rules)
+        );
+
+        assert_eq!(
+            json(addr, "POST", "/subjects/p-value/versions", &with).await["id"].as_i64(),
+            Some(id),
+            "the same text and rule set keep their id"
+        );
+        let other_rules = json!({"domainRules": []});
+        let other = json(
+            addr,
+            "POST",
+            "/subjects/p-value/versions",
+            &body(&other_rules, &metadata),
+        )
+        .await;
+        assert_ne!(
+            other["id"].as_i64(),
+            Some(id),
+            "another rule set is another schema"
+        );
+        assert_eq!(other["version"], 2);
+        let plain = json!({"schema": schema}).to_string();
+        let bare = json(addr, "POST", "/subjects/p-value/versions", &plain).await;
+        assert!(bare["id"].as_i64() != Some(id) && bare["id"] != other["id"]);
+        let bare_by_id = json(addr, "GET", &format!("/schemas/ids/{}", bare["id"]), "").await;
+        assert!(
+            bare_by_id.get("ruleSet").is_none() && bare_by_id.get("metadata").is_none(),
+            "absent keys stay absent: {bare_by_id}"
+        );
+        let null = json!({"schema": schema, "ruleSet": null, "metadata": null}).to_string();
+        assert_eq!(
+            json(addr, "POST", "/subjects/p-value/versions", &null).await["id"],
+            bare["id"],
+            "null is absent"
         );
     }
 }

@@ -4,9 +4,10 @@
 //! from, so this one stands in for Confluent Schema Registry and Karapace. It implements the
 //! parts of the Confluent REST API that clients and registry-proxy's endpoint map exercise:
 //!
-//! - [`store`]: subjects, versions and globally unique schema ids (identical schema text
-//!   reuses its id), soft and permanent deletes, config and mode, contexts (subjects named
-//!   `:.ctx:name`).
+//! - [`store`]: subjects, versions and globally unique schema ids (identical schema text,
+//!   references, `metadata` and `ruleSet` reuse an id; the last two are kept and returned
+//!   with the schema, as Confluent 7.4+ and Karapace do, for data-contract rules), soft and
+//!   permanent deletes, config and mode, contexts (subjects named `:.ctx:name`).
 //! - [`api`]: the axum routes and the Confluent error shape (`{"error_code": 40401, ...}`).
 //!   Where registry-proxy must pass the registry's own answers through, it answers as Confluent
 //!   and Karapace do: one trailing `/` is the path without it, a body that is not JSON is 400

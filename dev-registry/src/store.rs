@@ -16,12 +16,22 @@ pub struct Reference {
     pub version: i64,
 }
 
-/// A schema's identity: identical (type, text, references) share one id.
+/// A schema's identity: identical (type, text, references, metadata, rule set) share one id.
+///
+/// Metadata and the rule set are part of it because Confluent (7.4 and later) and Karapace
+/// hash them into the schema's identity: the same text registered with other data-contract
+/// rules gets a new id, so a reader holding an id always sees the rules it was written under.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SchemaKey {
     pub schema_type: String,
     pub schema: String,
     pub references: Vec<Reference>,
+    /// The registration's `metadata` (tags, properties, sensitive fields), as sent; `None`
+    /// when absent or null, and then omitted from answers as the registries omit it.
+    pub metadata: Option<Value>,
+    /// The registration's `ruleSet` (data-contract domain and migration rules), as sent; `None`
+    /// when absent or null.
+    pub rule_set: Option<Value>,
 }
 
 #[derive(Debug, Clone)]
@@ -357,7 +367,57 @@ mod tests {
             schema_type: "AVRO".into(),
             schema: text.into(),
             references: vec![],
+            metadata: None,
+            rule_set: None,
         }
+    }
+
+    #[test]
+    fn metadata_and_rule_set_are_part_of_the_identity() {
+        let store = Store::default();
+        let rules = |expr: &str| {
+            serde_json::json!({"domainRules": [{"name": "positive", "kind": "CONDITION",
+                "mode": "WRITE", "type": "CEL", "expr": expr}]})
+        };
+        let with = |rule_set: Option<Value>, metadata: Option<Value>| SchemaKey {
+            rule_set,
+            metadata,
+            ..avro("\"long\"")
+        };
+        let (plain, _) = store.register("s", avro("\"long\"")).unwrap();
+        let (a, va) = store
+            .register("s", with(Some(rules("message > 0")), None))
+            .unwrap();
+        let (b, vb) = store
+            .register("s", with(Some(rules("message > 1")), None))
+            .unwrap();
+        let (m, _) = store
+            .register(
+                "s",
+                with(
+                    None,
+                    Some(serde_json::json!({"properties": {"owner": "x"}})),
+                ),
+            )
+            .unwrap();
+        assert_eq!((va, vb), (2, 3), "a new rule set is a new version");
+        assert!(plain != a && a != b && plain != m && a != m);
+        assert_eq!(
+            store
+                .register("t", with(Some(rules("message > 0")), None))
+                .unwrap()
+                .0,
+            a,
+            "the same text and rules share the id across subjects"
+        );
+        assert_eq!(
+            store.schema(a).unwrap().rule_set,
+            Some(rules("message > 0"))
+        );
+        assert_eq!(
+            store.lookup("s", &with(Some(rules("message > 1")), None), false),
+            Ok((b, 3))
+        );
     }
 
     #[test]

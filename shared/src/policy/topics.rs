@@ -188,9 +188,9 @@ fn check_chars(text: &str, body: &str) -> Result<(), (String, String)> {
 pub struct RecordRule {
     /// How the subject the schema must be registered under is named (`subject:`).
     pub strategy: SubjectStrategy,
-    /// When present, the subject the strategy names must also match one of these: with the
-    /// `record` strategies the producer's schema picks the subject, and this bounds which
-    /// record types the topic accepts. Never empty.
+    /// When present, the schema id must also be registered under a subject matching one of
+    /// these: with the `record` strategies the producer's schema picks the subject, and this
+    /// bounds which record types the topic accepts. Never empty.
     pub subjects: Option<Vec<SubjectPattern>>,
     /// What happens to a record that fails the rule.
     pub on_invalid: OnInvalid,
@@ -224,8 +224,8 @@ impl SubjectStrategy {
 
     /// The subject for a record's key (`is_key`) or value on `topic`. `record_name` is the
     /// full name of the record's schema (Avro `namespace.name`, Protobuf `package.Message`,
-    /// JSON Schema `title`); `None` when the record strategies need one and the schema has
-    /// none, which makes the record invalid.
+    /// JSON Schema `title`). `None` when the record strategies need one and the schema has
+    /// none: there is then no subject to compare, and only [`RecordRule::subjects`] applies.
     pub fn subject(&self, topic: &str, is_key: bool, record_name: Option<&str>) -> Option<String> {
         match self {
             Self::Topic => Some(format!("{topic}-{}", if is_key { "key" } else { "value" })),
@@ -270,14 +270,14 @@ impl fmt::Display for OnInvalid {
     }
 }
 
-/// What wire-guard does with a schema id it cannot resolve because the registry is down.
+/// What wire-guard does with a schema id it must look up while the registry is unreachable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RegistryUnavailable {
-    /// Treat the record as invalid (its rule's `on_invalid` applies): nothing unverified
-    /// reaches the topic.
+    /// Refuse the partition with a retriable error so the producer retries until the
+    /// registry is back: nothing unverified reaches the topic.
     #[default]
     FailClosed,
-    /// Deliver the record unverified, logged and counted: availability over enforcement.
+    /// Deliver the record unchecked: availability over enforcement.
     FailOpen,
 }
 
