@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Optional
 
 import aiokafka
+import aiokafka.errors
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import AbstractTokenProvider
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -16,12 +18,24 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.coordination import FindCoordinatorRequest
 
 from common import (
-    COMPRESSIONS, HEARTBEAT_INTERVAL_MS, POLL_S, SESSION_TIMEOUT_MS, Deadline, Options,
-    QuietReader, Record, ScenarioFailure, assert_same_records, broker_entry, fetch_oauth_token,
-    mixed_records, normalize_headers, numbered_records,
+    COMPRESSIONS, HEARTBEAT_INTERVAL_MS, POLL_S, SESSION_TIMEOUT_MS, Deadline, Options, Outcomes,
+    QuietReader, Record, ScenarioFailure, assert_same_records, broker_entry, exception_text,
+    fetch_oauth_token, load_payloads, mixed_records, normalize_headers, numbered_records, pause_due,
 )
 
 logging.getLogger("aiokafka").addHandler(logging.NullHandler())
+
+
+class InvalidRecordError(aiokafka.errors.BrokerResponseError):
+    """Kafka's INVALID_RECORD (87), which aiokafka's error table lacks: without it a refused
+    record fails as UnknownError (-1) and the reason is lost. Not retriable either way, so
+    registering it changes only the error the caller sees."""
+    errno = 87
+    message = "INVALID_RECORD"
+    description = "This record has failed the validation on broker and hence will be rejected."
+
+
+aiokafka.errors.kafka_errors.setdefault(InvalidRecordError.errno, InvalidRecordError)
 
 
 class TokenProvider(AbstractTokenProvider):
@@ -386,8 +400,82 @@ async def scenario_metadata(clients: Clients, deadline: Deadline) -> dict:
             "coordinator": broker_entry(response.coordinator_id, response.host, response.port)}
 
 
+async def scenario_produce_payloads(clients: Clients, deadline: Deadline) -> dict:
+    """aiokafka has no max-in-flight or delivery-timeout setting: it sends one batch per
+    partition at a time, and retries a failed batch until its request timeout has passed
+    since the batch was made (forever with idempotence; the scenario's deadline bounds it)."""
+    opts = clients.opts
+    pl = load_payloads(opts.payloads)
+    hint = " (aiokafka %s, idempotence %s)" % (aiokafka.__version__,
+                                              "on" if pl.idempotent else "off")
+    try:
+        p = await clients.producer(
+            acks="all",
+            compression_type=None if pl.compression == "none" else pl.compression,
+            enable_idempotence=pl.idempotent,
+            linger_ms=pl.linger_ms,
+            retry_backoff_ms=100,
+            request_timeout_ms=max(1000, min(30000, opts.delivery_timeout_ms)),
+        )
+    except ScenarioFailure as e:
+        raise ScenarioFailure(str(e) + hint)
+    outcomes = Outcomes(len(pl.records))
+    futures = {}
+    paused_s = None
+
+    async def flush():
+        try:
+            await asyncio.wait_for(p.flush(), timeout=max(0.1, deadline.remaining()))
+        except asyncio.TimeoutError:
+            raise ScenarioFailure("flush did not finish before the deadline%s" % hint)
+        for i, f in list(futures.items()):
+            try:
+                await asyncio.wait_for(f, timeout=max(0.1, deadline.remaining()))
+                outcomes.delivered(i)
+            except asyncio.TimeoutError:
+                raise ScenarioFailure("record %d has no outcome at the deadline%s" % (i, hint))
+            except Exception as e:  # the delivery's own error, whatever its class
+                outcomes.failed(i, exception_text(e))
+            del futures[i]
+
+    for i in range(len(pl.records) + 1):
+        if pause_due(opts, i):
+            await flush()
+            started = time.monotonic()
+            while not os.path.exists(opts.pause_file):
+                if deadline.expired():
+                    raise ScenarioFailure("paused after %d records: %s did not appear before the "
+                                          "deadline" % (opts.pause_after, opts.pause_file))
+                await asyncio.sleep(0.1)
+            paused_s = time.monotonic() - started
+        if i == len(pl.records):
+            break
+        r = pl.records[i]
+        try:
+            futures[i] = await asyncio.wait_for(
+                p.send(pl.topic, value=r.value, key=r.key, partition=r.partition,
+                       headers=list(r.headers)),
+                timeout=max(0.1, deadline.remaining()))
+        except asyncio.TimeoutError:
+            raise ScenarioFailure("record %d could not be queued before the deadline%s" % (i, hint))
+        except (KafkaError, TypeError, ValueError) as e:
+            outcomes.failed(i, "aiokafka %s send() refused the record: %s"
+                            % (aiokafka.__version__, exception_text(e)))
+    await flush()
+    missing = outcomes.pending()
+    if missing:
+        raise ScenarioFailure("no outcome for records %s" % missing[:20])
+    out = {"topic": pl.topic, "records": len(pl.records), "compression": pl.compression,
+           "idempotent": pl.idempotent}
+    out.update(outcomes.result())
+    if paused_s is not None:
+        out["paused_s"] = round(paused_s, 3)
+    return out
+
+
 SCENARIOS = {
     "admin": scenario_admin,
+    "produce-payloads": scenario_produce_payloads,
     "compression": scenario_compression,
     "groups": scenario_groups,
     "idempotent": scenario_idempotent,

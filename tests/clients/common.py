@@ -12,6 +12,7 @@ import base64
 import collections
 import json
 import logging
+import os
 import random
 import string
 import time
@@ -20,8 +21,15 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional, Sequence, Tuple
 
-SCENARIOS = ("admin", "compression", "groups", "idempotent", "metadata", "roundtrip")
+SCENARIOS = ("admin", "compression", "consume-all", "groups", "idempotent", "metadata",
+             "produce-payloads", "produce-transaction", "roundtrip")
 CLIENTS = ("confluent", "kafka-python", "aiokafka")
+# Scenarios only some clients implement (the others refuse them at argument parsing).
+SCENARIO_CLIENTS = {
+    "consume-all": ("confluent",),
+    "produce-transaction": ("confluent",),
+}
+ISOLATION_LEVELS = ("read_committed", "read_uncommitted")
 SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER")
 COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
@@ -29,6 +37,12 @@ COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
 # Group timings: Tansu takes ~23 s to finish a join with client defaults.
 SESSION_TIMEOUT_MS = 6000
 HEARTBEAT_INTERVAL_MS = 1000
+
+# Producing a payload file: a record is retried until this runs out (--delivery-timeout-ms).
+DELIVERY_TIMEOUT_MS = 60000
+# consume-all reads on this long after the expected records arrived and every partition
+# was read to its end, so extra records show up.
+EXTRA_READ_S = 1.0
 
 # How long a partition must stay silent before a read is considered complete.
 # Record counts are taken by reading until the partition is quiet because
@@ -62,6 +76,17 @@ class Options:
     oauth_scope: Optional[str] = None
     timeout_s: float = 60.0
     run_id: str = ""
+    # produce-payloads / produce-transaction
+    payloads: Optional[str] = None
+    delivery_timeout_ms: int = DELIVERY_TIMEOUT_MS
+    pause_after: Optional[int] = None
+    pause_file: Optional[str] = None
+    transactional_id: Optional[str] = None
+    commit: bool = True
+    # consume-all
+    read_topic: Optional[str] = None
+    expect: int = 0
+    isolation: str = "read_committed"
 
     @property
     def uses_ssl(self) -> bool:
@@ -265,6 +290,212 @@ class QuietReader:
     def wanted(self, until_quiet: bool) -> Optional[int]:
         """How many more records one poll may return (``None``: any number)."""
         return None if until_quiet else self.expected - len(self.records)
+
+
+# --- payload files (produce-payloads, produce-transaction) ----------------
+
+
+@dataclass(frozen=True)
+class Payload:
+    """One record of a payload file; ``headers`` may repeat keys and hold None values."""
+    partition: int
+    key: Optional[bytes]
+    value: Optional[bytes]
+    headers: Tuple[Tuple[str, Optional[bytes]], ...]
+
+
+@dataclass(frozen=True)
+class Payloads:
+    topic: str
+    compression: str
+    idempotent: bool
+    max_in_flight: int
+    linger_ms: int
+    records: Tuple[Payload, ...]
+
+
+def _unb64(v, where: str) -> Optional[bytes]:
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        raise ScenarioFailure("%s: expected base64 text or null, got %r" % (where, v))
+    try:
+        return base64.b64decode(v.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError) as e:
+        raise ScenarioFailure("%s: not base64: %s" % (where, e))
+
+
+def load_payloads(path: str) -> Payloads:
+    """Reads a payload file:
+
+    {"topic": "t", "compression": "none|gzip|snappy|lz4|zstd", "idempotent": true,
+     "max_in_flight": 5, "linger_ms": 5,
+     "records": [{"partition": 0, "key": b64|null, "value": b64|null,
+                  "headers": [["k", b64|null], ...]}, ...]}
+    """
+    try:
+        with open(path, "rb") as f:
+            doc = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError) as e:
+        raise ScenarioFailure("reading payload file %s failed: %s" % (path, e))
+    if not isinstance(doc, dict) or not isinstance(doc.get("topic"), str) or not doc["topic"]:
+        raise ScenarioFailure("payload file %s: needs an object with a \"topic\"" % path)
+    compression = doc.get("compression") or "none"
+    if compression not in COMPRESSIONS:
+        raise ScenarioFailure("payload file %s: compression %r is not one of %s"
+                              % (path, compression, ", ".join(COMPRESSIONS)))
+    records = []
+    for i, r in enumerate(doc.get("records") or []):
+        where = "payload file %s, record %d" % (path, i)
+        if not isinstance(r, dict):
+            raise ScenarioFailure("%s: not an object" % where)
+        partition = r.get("partition", 0)
+        if not isinstance(partition, int) or isinstance(partition, bool) or partition < 0:
+            raise ScenarioFailure("%s: partition must be a number >= 0, not %r" % (where, partition))
+        headers = []
+        for h in r.get("headers") or []:
+            if not isinstance(h, list) or len(h) != 2 or not isinstance(h[0], str):
+                raise ScenarioFailure("%s: a header must be [\"key\", base64|null], not %r" % (where, h))
+            headers.append((h[0], _unb64(h[1], where + " header " + h[0])))
+        records.append(Payload(partition, _unb64(r.get("key"), where + " key"),
+                               _unb64(r.get("value"), where + " value"), tuple(headers)))
+    try:
+        return Payloads(topic=doc["topic"], compression=compression,
+                        idempotent=bool(doc.get("idempotent", True)),
+                        max_in_flight=int(doc.get("max_in_flight", 5)),
+                        linger_ms=int(doc.get("linger_ms", 5)), records=tuple(records))
+    except (TypeError, ValueError) as e:
+        raise ScenarioFailure("payload file %s: %s" % (path, e))
+
+
+class Outcomes:
+    """Delivered or failed, once per record index; the first report for a record counts."""
+
+    def __init__(self, count: int):
+        self.errors: list = [None] * count  # None: no report yet; "": delivered; text: failed
+        self.repeated = 0
+
+    def delivered(self, index: int) -> None:
+        self._set(index, "")
+
+    def failed(self, index: int, error: str) -> None:
+        self._set(index, error or "failed without an error text")
+
+    def _set(self, index: int, outcome: str) -> None:
+        if self.errors[index] is None:
+            self.errors[index] = outcome
+        else:
+            self.repeated += 1
+
+    def reported(self, index: int) -> bool:
+        return self.errors[index] is not None
+
+    def pending(self) -> list:
+        return [i for i, e in enumerate(self.errors) if e is None]
+
+    def failures(self) -> list:
+        return [{"index": i, "error": e} for i, e in enumerate(self.errors) if e]
+
+    def result(self) -> dict:
+        out = {"delivered": sum(1 for e in self.errors if e == ""), "failed": self.failures()}
+        if self.repeated:
+            out["repeated_reports"] = self.repeated
+        return out
+
+
+def exception_text(e: BaseException) -> str:
+    """The Kafka error name and code of a kafka-python/aiokafka exception, and its text:
+    "INVALID_RECORD (87): [Error 87] InvalidRecordError: <broker message>"."""
+    name = getattr(e, "message", None)
+    code = getattr(e, "errno", None)
+    prefix = []
+    if isinstance(name, str) and name and name.replace("_", "").isupper():
+        prefix.append(name)
+    if isinstance(code, int):
+        prefix.append("(%d)" % code)
+    text = str(e)
+    if type(e).__name__ not in text:
+        text = "%s: %s" % (type(e).__name__, text) if text else type(e).__name__
+    return "%s: %s" % (" ".join(prefix), text) if prefix else text
+
+
+def pause_due(opts: Options, index: int) -> bool:
+    """Whether to pause (flush, then wait for --pause-file) before producing record ``index``;
+    ``index`` == the record count means after the last one."""
+    return opts.pause_after is not None and opts.pause_file is not None and index == opts.pause_after
+
+
+def wait_for_pause_file(opts: Options, deadline: Deadline) -> float:
+    """Waits until --pause-file exists; returns the seconds waited."""
+    started = time.monotonic()
+    while not os.path.exists(opts.pause_file):
+        if deadline.expired():
+            raise ScenarioFailure("paused after %d records: %s did not appear before the deadline"
+                                  % (opts.pause_after, opts.pause_file))
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+# --- consume-all -----------------------------------------------------------
+
+
+def b64(v: Optional[bytes]) -> Optional[str]:
+    return None if v is None else base64.b64encode(bytes(v)).decode("ascii")
+
+
+def consumed_entry(partition: int, offset: int, key, value, headers, timestamp) -> dict:
+    return {
+        "partition": int(partition),
+        "offset": int(offset),
+        "key": b64(key),
+        "value": b64(value),
+        "headers": [[str(k), b64(v)] for k, v in (headers or ())],
+        "timestamp": int(timestamp) if timestamp is not None else None,
+    }
+
+
+class DrainReader:
+    """Decides when consume-all is done: ``expect`` records read, every partition read to its
+    end, and EXTRA_READ_S more without anything new; or the deadline passed."""
+
+    def __init__(self, expect: int, partitions: Iterable[int], deadline: Deadline):
+        self.expect = expect
+        self.partitions = set(partitions)
+        self.deadline = deadline
+        self.count = 0
+        self.at_end: set = set()
+        self.settled_at: Optional[float] = None
+        self.timed_out = False
+
+    def record(self, partition: int) -> None:
+        self.count += 1
+        self.at_end.discard(partition)
+        self.settled_at = None
+
+    def end_of(self, partition: int) -> None:
+        self.at_end.add(partition)
+
+    def done(self) -> bool:
+        if self.count >= self.expect and self.at_end >= self.partitions:
+            now = time.monotonic()
+            if self.settled_at is None:
+                self.settled_at = now
+            if now - self.settled_at >= EXTRA_READ_S:
+                return True
+        else:
+            self.settled_at = None
+        if self.deadline.expired():
+            self.timed_out = True
+            return True
+        return False
+
+    def result(self, entries: list) -> dict:
+        entries = sorted(entries, key=lambda e: (e["partition"], e["offset"]))
+        out = {"records": entries, "expected": self.expect, "complete": len(entries) >= self.expect,
+               "partitions": sorted(self.partitions)}
+        if self.timed_out:
+            out["timed_out"] = True
+        return out
 
 
 # --- OAUTHBEARER ----------------------------------------------------------

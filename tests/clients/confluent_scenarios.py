@@ -12,9 +12,10 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from common import (
-    COMPRESSIONS, HEARTBEAT_INTERVAL_MS, POLL_S, SESSION_TIMEOUT_MS, Deadline, Options,
-    QuietReader, Record, ScenarioFailure, assert_same_records, broker_entry, fetch_oauth_token,
-    jwt_claims, mixed_records, normalize_headers, numbered_records, wait_until,
+    COMPRESSIONS, HEARTBEAT_INTERVAL_MS, POLL_S, SESSION_TIMEOUT_MS, Deadline, DrainReader,
+    Options, Outcomes, Payloads, QuietReader, Record, ScenarioFailure, assert_same_records,
+    broker_entry, consumed_entry, fetch_oauth_token, jwt_claims, load_payloads, mixed_records,
+    normalize_headers, numbered_records, pause_due, wait_for_pause_file, wait_until,
 )
 
 
@@ -32,12 +33,15 @@ class Session:
     def _error_cb(self, err: KafkaError) -> None:
         self.errors.append(err)
 
-    def check_errors(self) -> None:
-        """Fails fast on errors that retrying cannot fix (authentication, fatal)."""
+    def check_errors(self, allow_fatal: bool = False) -> None:
+        """Fails fast on errors that retrying cannot fix (authentication, fatal).
+
+        With ``allow_fatal`` a fatal producer error is left to the delivery reports, which
+        then name it for every record it failed."""
         for client in self._pollable:
             client.poll(0)
         for err in self.errors:
-            if err.code() == KafkaError._AUTHENTICATION or err.fatal():
+            if err.code() == KafkaError._AUTHENTICATION or (err.fatal() and not allow_fatal):
                 raise ScenarioFailure("client error: %s" % err.str())
 
     def error_summary(self) -> str:
@@ -414,8 +418,222 @@ def scenario_metadata(s: Session, deadline: Deadline) -> dict:
     return out
 
 
+# --- caller-driven scenarios --------------------------------------------------
+
+
+def error_text(err: KafkaError) -> str:
+    """"INVALID_RECORD (87): Broker: Invalid record ..." (librdkafka's text carries the
+    broker's error message where it has one)."""
+    text = "%s (%d): %s" % (err.name(), err.code(), err.str())
+    if err.fatal():
+        text += " [fatal]"
+    return text
+
+
+def payload_producer_conf(opts: Options, p: Payloads) -> dict:
+    return {
+        "acks": "all",
+        "compression.type": p.compression,
+        "enable.idempotence": p.idempotent,
+        "max.in.flight.requests.per.connection": p.max_in_flight,
+        "linger.ms": p.linger_ms,
+        "retries": 2147483647,
+        "retry.backoff.ms": 100,
+        "retry.backoff.max.ms": 1000,
+        "delivery.timeout.ms": opts.delivery_timeout_ms,
+        "request.timeout.ms": max(1000, min(30000, opts.delivery_timeout_ms)),
+    }
+
+
+class PayloadSender:
+    """Produces payload records by index and collects one outcome per record."""
+
+    def __init__(self, s: Session, producer: Producer, p: Payloads):
+        self.s = s
+        self.producer = producer
+        self.p = p
+        self.outcomes = Outcomes(len(p.records))
+
+    def _report(self, index: int):
+        def on_delivery(err, _msg):
+            if err is None:
+                self.outcomes.delivered(index)
+            else:
+                self.outcomes.failed(index, error_text(err))
+        return on_delivery
+
+    def send(self, index: int, deadline: Deadline) -> None:
+        r = self.p.records[index]
+        while True:
+            try:
+                self.producer.produce(self.p.topic, key=r.key, value=r.value,
+                                      headers=list(r.headers) or None, partition=r.partition,
+                                      on_delivery=self._report(index))
+                break
+            except BufferError:  # local queue full: serve delivery reports, then retry
+                self.producer.poll(0.1)
+                if deadline.expired():
+                    raise ScenarioFailure("the producer's queue stayed full until the deadline "
+                                          "(record %d; client errors: %s)"
+                                          % (index, self.s.error_summary()))
+            except KafkaException as e:
+                self.outcomes.failed(index, "produce() refused the record: " + error_text(e.args[0]))
+                break
+        self.producer.poll(0)
+
+    def flush(self, deadline: Deadline) -> None:
+        """Waits until every record produced so far has its delivery report."""
+        while True:
+            left = self.producer.flush(0.5)
+            self.s.check_errors(allow_fatal=True)
+            if left == 0:
+                break
+            if deadline.expired():
+                raise ScenarioFailure("%d records still without a delivery report at the deadline "
+                                      "(client errors: %s)" % (left, self.s.error_summary()))
+        self.producer.poll(0)
+
+    def check_all_reported(self, upto: int) -> None:
+        missing = [i for i in self.outcomes.pending() if i < upto]
+        if missing:
+            raise ScenarioFailure("no delivery report for records %s after flush" % missing[:20])
+
+    def details(self) -> dict:
+        out = {"topic": self.p.topic, "records": len(self.p.records),
+               "compression": self.p.compression, "idempotent": self.p.idempotent}
+        out.update(self.outcomes.result())
+        if self.s.errors:
+            out["client_errors"] = self.s.error_summary()
+        return out
+
+
+def scenario_produce_payloads(s: Session, deadline: Deadline) -> dict:
+    p = load_payloads(s.opts.payloads)
+    sender = PayloadSender(s, s.producer(**payload_producer_conf(s.opts, p)), p)
+    paused_s = None
+    for i in range(len(p.records) + 1):
+        if pause_due(s.opts, i):
+            sender.flush(deadline)
+            paused_s = wait_for_pause_file(s.opts, deadline)
+        if i < len(p.records):
+            sender.send(i, deadline)
+    sender.flush(deadline)
+    sender.check_all_reported(len(p.records))
+    out = sender.details()
+    if paused_s is not None:
+        out["paused_s"] = round(paused_s, 3)
+    return out
+
+
+def scenario_produce_transaction(s: Session, deadline: Deadline) -> dict:
+    o = s.opts
+    p = load_payloads(o.payloads)
+    conf = payload_producer_conf(o, p)
+    conf.update({"transactional.id": o.transactional_id, "enable.idempotence": True,
+                 "transaction.timeout.ms": 60000})
+    producer = s.producer(**conf)
+    sender = PayloadSender(s, producer, p)
+
+    def timeout() -> float:
+        return max(1.0, min(30.0, deadline.remaining()))
+
+    try:
+        producer.init_transactions(timeout())
+        producer.begin_transaction()
+    except KafkaException as e:
+        raise ScenarioFailure("starting transaction %s failed: %s (client errors: %s)"
+                              % (o.transactional_id, error_text(e.args[0]), s.error_summary()))
+    for i in range(len(p.records)):
+        sender.send(i, deadline)
+    sender.flush(deadline)
+
+    committed = aborted = False
+    errors = []
+    abort = not o.commit
+    if sender.outcomes.failures():
+        errors.append("%d records failed, aborting" % len(sender.outcomes.failures()))
+        abort = True
+    if not abort:
+        try:
+            producer.commit_transaction(timeout())
+            committed = True
+        except KafkaException as e:
+            err = e.args[0]
+            errors.append("commit failed: " + error_text(err))
+            if err.fatal():
+                pass  # a fatal error leaves nothing to abort with
+            else:
+                abort = True
+    if abort:
+        try:
+            producer.abort_transaction(timeout())
+            aborted = True
+        except KafkaException as e:
+            errors.append("abort failed: " + error_text(e.args[0]))
+    # Records purged by the abort get their reports now.
+    sender.flush(deadline)
+    for i in sender.outcomes.pending():
+        sender.outcomes.failed(i, "no delivery report; the transaction was %s"
+                               % ("aborted" if aborted else "not committed"))
+    out = sender.details()
+    out.update({"transactional_id": o.transactional_id, "committed": committed,
+                "aborted": aborted, "requested": "commit" if o.commit else "abort",
+                "error": "; ".join(errors) or None})
+    return out
+
+
+def topic_partition_ids(s: Session, client, topic: str, deadline: Deadline) -> list:
+    """The partition numbers of ``topic``, waiting until the metadata lists it."""
+    found: list = []
+
+    def listed():
+        md = client.list_topics(topic=topic, timeout=max(1.0, min(10.0, deadline.remaining())))
+        t = md.topics.get(topic)
+        if t is None or t.error is not None or not t.partitions:
+            return False
+        found[:] = sorted(t.partitions)
+        return True
+
+    wait_until(listed, deadline, "topic %s in metadata" % topic)
+    return found
+
+
+def scenario_consume_all(s: Session, deadline: Deadline) -> dict:
+    o = s.opts
+    topic = o.read_topic
+    c = s.consumer(o.group("reader"), **{"isolation.level": o.isolation,
+                                         "enable.partition.eof": True})
+    try:
+        partitions = topic_partition_ids(s, c, topic, deadline)
+        c.assign([TopicPartition(topic, n, OFFSET_BEGINNING) for n in partitions])
+        reader = DrainReader(o.expect, partitions, deadline)
+        entries = []
+        while not reader.done():
+            for msg in c.consume(num_messages=500, timeout=0.2):
+                err = msg.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        reader.end_of(msg.partition())
+                        continue
+                    raise ScenarioFailure("reading %s [%s]: %s"
+                                          % (topic, msg.partition(), error_text(err)))
+                _, ts = msg.timestamp()
+                entries.append(consumed_entry(msg.partition(), msg.offset(), msg.key(), msg.value(),
+                                              normalize_headers(msg.headers()), ts))
+                reader.record(msg.partition())
+            s.check_errors()
+    finally:
+        c.close()
+    out = reader.result(entries)
+    out.update({"topic": topic, "isolation": o.isolation})
+    return out
+
+
 SCENARIOS = {
     "admin": scenario_admin,
+    "consume-all": scenario_consume_all,
+    "produce-payloads": scenario_produce_payloads,
+    "produce-transaction": scenario_produce_transaction,
     "compression": scenario_compression,
     "groups": scenario_groups,
     "idempotent": scenario_idempotent,

@@ -14,9 +14,10 @@ from kafka.protocol.metadata import FindCoordinatorRequest
 from kafka.structs import OffsetAndMetadata
 
 from common import (
-    COMPRESSIONS, HEARTBEAT_INTERVAL_MS, POLL_S, SESSION_TIMEOUT_MS, Deadline, Options,
-    QuietReader, Record, ScenarioFailure, assert_same_records, broker_entry, fetch_oauth_token,
-    mixed_records, normalize_headers, numbered_records, wait_until,
+    COMPRESSIONS, HEARTBEAT_INTERVAL_MS, POLL_S, SESSION_TIMEOUT_MS, Deadline, Options, Outcomes,
+    QuietReader, Record, ScenarioFailure, assert_same_records, broker_entry, exception_text,
+    fetch_oauth_token, load_payloads, mixed_records, normalize_headers, numbered_records,
+    pause_due, wait_for_pause_file, wait_until,
 )
 
 logging.getLogger("kafka").addHandler(logging.NullHandler())
@@ -362,8 +363,73 @@ def scenario_metadata(opts: Options, deadline: Deadline) -> dict:
             "cluster_id": cluster.get("cluster_id"), "coordinator": coordinator, "group": group}
 
 
+def scenario_produce_payloads(opts: Options, deadline: Deadline) -> dict:
+    pl = load_payloads(opts.payloads)
+    p = producer(
+        opts,
+        acks="all",
+        compression_type=None if pl.compression == "none" else pl.compression,
+        enable_idempotence=pl.idempotent,
+        max_in_flight_requests_per_connection=pl.max_in_flight,
+        linger_ms=pl.linger_ms,
+        retries=2147483647,
+        retry_backoff_ms=100,
+        delivery_timeout_ms=opts.delivery_timeout_ms,
+        # kafka-python insists on delivery_timeout_ms >= linger_ms + request_timeout_ms.
+        request_timeout_ms=max(1, min(30000, opts.delivery_timeout_ms - pl.linger_ms)),
+    )
+    outcomes = Outcomes(len(pl.records))
+    futures = {}
+    paused_s = None
+
+    def flush():
+        try:
+            p.flush(timeout=max(0.1, deadline.remaining()))
+        except KafkaError as e:
+            raise ScenarioFailure("flush did not finish before the deadline: %s"
+                                  % exception_text(e))
+        for i, f in list(futures.items()):
+            if not f.is_done:
+                raise ScenarioFailure("record %d has no outcome after flush" % i)
+            if f.succeeded():
+                outcomes.delivered(i)
+            else:
+                outcomes.failed(i, exception_text(f.exception))
+            del futures[i]
+
+    try:
+        for i in range(len(pl.records) + 1):
+            if pause_due(opts, i):
+                flush()
+                paused_s = wait_for_pause_file(opts, deadline)
+            if i == len(pl.records):
+                break
+            r = pl.records[i]
+            try:
+                futures[i] = p.send(pl.topic, key=r.key, value=r.value, headers=list(r.headers),
+                                    partition=r.partition)
+            except (KafkaError, TypeError, ValueError) as e:
+                # kafka-python's send() refuses a null header value and a record with
+                # neither key nor value; such a record fails here, without reaching the wire.
+                outcomes.failed(i, "kafka-python %s send() refused the record: %s"
+                                % (kafka.__version__, exception_text(e)))
+        flush()
+    finally:
+        p.close(timeout=5)
+    missing = outcomes.pending()
+    if missing:
+        raise ScenarioFailure("no outcome for records %s" % missing[:20])
+    out = {"topic": pl.topic, "records": len(pl.records), "compression": pl.compression,
+           "idempotent": pl.idempotent}
+    out.update(outcomes.result())
+    if paused_s is not None:
+        out["paused_s"] = round(paused_s, 3)
+    return out
+
+
 SCENARIOS = {
     "admin": scenario_admin,
+    "produce-payloads": scenario_produce_payloads,
     "compression": scenario_compression,
     "groups": scenario_groups,
     "idempotent": scenario_idempotent,

@@ -2,11 +2,37 @@
 """Runs one client scenario against a Kafka endpoint (a broker or the proxy).
 
     scenario.py --client {confluent,kafka-python,aiokafka} --bootstrap HOST:PORT \
-        --scenario {admin,compression,groups,idempotent,metadata,roundtrip} \
+        --scenario {admin,compression,consume-all,groups,idempotent,metadata,
+                    produce-payloads,produce-transaction,roundtrip} \
         [--topic-prefix P] [--security-protocol PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL] \
         [--ca-file F] [--sasl-mechanism M --sasl-username U --sasl-password P] \
         [--oauth-token-endpoint URL --oauth-client-id ID --oauth-client-secret S] \
         [--timeout SECONDS]
+
+Scenarios driven by the caller's data (the others make their own topics and records):
+
+  produce-payloads --payloads FILE [--delivery-timeout-ms MS] [--pause-after N --pause-file F]
+      Produces every record of FILE, in order, to its explicit partition (acks=all, the
+      file's compression, idempotence, max in-flight and linger; retried until the delivery
+      timeout, default 60000 ms). FILE is JSON:
+        {"topic": "t", "compression": "none|gzip|snappy|lz4|zstd", "idempotent": true,
+         "max_in_flight": 5, "linger_ms": 5,
+         "records": [{"partition": 0, "key": B64|null, "value": B64|null,
+                      "headers": [["k", B64|null], ...]}, ...]}
+      Result: "delivered": N and "failed": [{"index": i, "error": "..."}], every record
+      accounted for once. A record the cluster refuses is not a scenario failure.
+      --pause-after N --pause-file F: after the first N records, flush, then wait until F
+      exists before producing the rest.
+  produce-transaction --payloads FILE --transactional-id ID (--commit | --abort)
+      (confluent only) One transaction with every record of FILE, then commit or abort;
+      a failed record or commit aborts it. Result: "committed", "aborted", "failed".
+  consume-all --topic T --expect N [--isolation read_committed|read_uncommitted]
+      (confluent only) Reads every partition of T from the beginning without a group until
+      N records were read and each partition was read to its end, then 1 s more (or the
+      deadline passed). Result: "records": [{"partition", "offset", "key", "value",
+      "headers", "timestamp"}] sorted by partition and offset, bytes in base64.
+
+--timeout defaults to 60 s, 120 s for produce-payloads and produce-transaction.
 
 On success prints one JSON line to stdout and exits 0. On failure prints the
 reason to stderr and exits 1. A watchdog ends the process if the scenario
@@ -31,8 +57,8 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import (  # noqa: E402
-    CLIENTS, RECENT_LOG, SASL_MECHANISMS, SCENARIOS, SECURITY_PROTOCOLS, Options, ScenarioFailure,
-    capture_client_logs, new_run_id,
+    CLIENTS, DELIVERY_TIMEOUT_MS, ISOLATION_LEVELS, RECENT_LOG, SASL_MECHANISMS, SCENARIO_CLIENTS,
+    SCENARIOS, SECURITY_PROTOCOLS, Options, ScenarioFailure, capture_client_logs, new_run_id,
 )
 
 MODULES = {
@@ -44,6 +70,10 @@ MODULES = {
 # Extra time past --timeout before the watchdog kills the process; lets the
 # scenario's own deadline report a precise reason first.
 WATCHDOG_GRACE_S = 15.0
+
+DEFAULT_TIMEOUT_S = 60.0
+# Producing waits for the slowest record's delivery timeout (60 s by default).
+PRODUCE_TIMEOUT_S = 120.0
 
 
 def parse_args(argv):
@@ -64,10 +94,53 @@ def parse_args(argv):
     p.add_argument("--oauth-client-id")
     p.add_argument("--oauth-client-secret")
     p.add_argument("--oauth-scope")
-    p.add_argument("--timeout", type=float, default=60.0,
-                   help="overall time limit in seconds (default 60)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="overall time limit in seconds (default 60; 120 for produce-payloads "
+                        "and produce-transaction)")
     p.add_argument("--verbose", action="store_true", help="client library debug logging")
+    g = p.add_argument_group("produce-payloads, produce-transaction")
+    g.add_argument("--payloads", metavar="FILE", help="JSON file of the records to produce")
+    g.add_argument("--delivery-timeout-ms", type=int, default=DELIVERY_TIMEOUT_MS,
+                   help="how long a record is retried (default %d)" % DELIVERY_TIMEOUT_MS)
+    g.add_argument("--pause-after", type=int, metavar="N",
+                   help="after N records, flush and wait for --pause-file")
+    g.add_argument("--pause-file", metavar="F", help="file whose creation ends the pause")
+    g.add_argument("--transactional-id", metavar="ID")
+    end = g.add_mutually_exclusive_group()
+    end.add_argument("--commit", dest="end", action="store_const", const="commit",
+                     help="commit the transaction")
+    end.add_argument("--abort", dest="end", action="store_const", const="abort",
+                     help="abort the transaction")
+    g = p.add_argument_group("consume-all")
+    g.add_argument("--topic", help="topic to read")
+    g.add_argument("--expect", type=int, metavar="N", help="records to wait for")
+    g.add_argument("--isolation", choices=ISOLATION_LEVELS, default="read_committed")
     a = p.parse_args(argv)
+
+    only = SCENARIO_CLIENTS.get(a.scenario)
+    if only and a.client not in only:
+        p.error("scenario %s is implemented for --client %s only (and the Java client)"
+                % (a.scenario, ", ".join(only)))
+    if a.scenario in ("produce-payloads", "produce-transaction") and not a.payloads:
+        p.error("%s needs --payloads FILE" % a.scenario)
+    if a.scenario == "produce-transaction":
+        if not a.transactional_id:
+            p.error("produce-transaction needs --transactional-id")
+        if a.end is None:
+            p.error("produce-transaction needs --commit or --abort")
+    if (a.pause_after is None) != (a.pause_file is None):
+        p.error("--pause-after and --pause-file go together")
+    if a.pause_after is not None and a.pause_after < 0:
+        p.error("--pause-after must be >= 0")
+    if a.delivery_timeout_ms <= 0:
+        p.error("--delivery-timeout-ms must be positive")
+    if a.scenario == "consume-all":
+        if not a.topic:
+            p.error("consume-all needs --topic")
+        if a.expect is None or a.expect < 0:
+            p.error("consume-all needs --expect N (N >= 0)")
+    if a.timeout is None:
+        a.timeout = PRODUCE_TIMEOUT_S if a.scenario.startswith("produce-") else DEFAULT_TIMEOUT_S
 
     if a.security_protocol.startswith("SASL"):
         if not a.sasl_mechanism:
@@ -88,6 +161,10 @@ def parse_args(argv):
         oauth_token_endpoint=a.oauth_token_endpoint, oauth_client_id=a.oauth_client_id,
         oauth_client_secret=a.oauth_client_secret, oauth_scope=a.oauth_scope,
         timeout_s=a.timeout, run_id=new_run_id(),
+        payloads=a.payloads, delivery_timeout_ms=a.delivery_timeout_ms,
+        pause_after=a.pause_after, pause_file=a.pause_file,
+        transactional_id=a.transactional_id, commit=a.end != "abort",
+        read_topic=a.topic, expect=a.expect or 0, isolation=a.isolation,
     ), a.verbose
 
 

@@ -11,6 +11,8 @@
 //! - [`client`]: runs the client scenarios under `tests/clients/` with a chosen client library:
 //!   three Python ones and the Java client.
 //! - [`raw`]: a raw protocol client for requests no real client sends.
+//! - [`records`]: the data-quality rig: the development registry, topics with partitions,
+//!   hand-built Confluent-framed payloads, and records read back with a real client.
 //! - [`proxy`]: wire-guard in-process or as its binary, on ports picked for the test.
 //! - [`oidc`]: the OAuth2/OIDC mock provider issuing client_credentials tokens.
 //!
@@ -23,5 +25,6 @@ pub mod client;
 pub mod oidc;
 pub mod proxy;
 pub mod raw;
+pub mod records;
 pub mod stack;
 pub mod tansu;

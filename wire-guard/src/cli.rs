@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::{
     config::{ClientTls, Config, DEFAULT_MAX_FRAME_BYTES, UpstreamTls},
     limits::Limits,
+    schema::{ClientCredentials, RegistryConfig},
 };
 
 /// Kafka-protocol proxy: clients change only `bootstrap.servers`.
@@ -105,6 +106,34 @@ pub struct Args {
     /// Bytes of frames held whole in memory across all connections [default: 268435456].
     #[arg(long, env = "WIRE_GUARD_BUFFER_BUDGET_BYTES")]
     pub buffer_budget_bytes: Option<usize>,
+    /// Schema registry records on governed topics are checked against: the registry itself or
+    /// registry-proxy in front of it. Required when a policy has `topics:` rules.
+    #[arg(long, env = "WIRE_GUARD_SCHEMA_REGISTRY_URL")]
+    pub schema_registry_url: Option<String>,
+    /// OIDC issuer whose token endpoint grants wire-guard's own registry credentials
+    /// (client credentials grant); without it, registry requests carry no token.
+    #[arg(
+        long,
+        env = "WIRE_GUARD_SCHEMA_REGISTRY_ISSUER",
+        requires = "schema_registry_client_id"
+    )]
+    pub schema_registry_issuer: Option<String>,
+    /// OAuth client id for --schema-registry-issuer.
+    #[arg(long, env = "WIRE_GUARD_SCHEMA_REGISTRY_CLIENT_ID")]
+    pub schema_registry_client_id: Option<String>,
+    /// OAuth client secret for --schema-registry-issuer (prefer the environment variable).
+    #[arg(
+        long,
+        env = "WIRE_GUARD_SCHEMA_REGISTRY_CLIENT_SECRET",
+        hide_env_values = true
+    )]
+    pub schema_registry_client_secret: Option<String>,
+    /// Seconds writing one batch of dead letters may take, retries included [default: 30].
+    #[arg(long, env = "WIRE_GUARD_DEAD_LETTER_TIMEOUT_SECS")]
+    pub dead_letter_timeout_secs: Option<u64>,
+    /// Most bytes one Produce request's governed batches may decompress to [default: 67108864].
+    #[arg(long, env = "WIRE_GUARD_MAX_DECOMPRESSED_BYTES")]
+    pub max_decompressed_bytes: Option<usize>,
     /// Log format: text or json.
     #[arg(long, env = "WIRE_GUARD_LOG_FORMAT", default_value = "text")]
     pub log_format: shared::telemetry::LogFormat,
@@ -138,6 +167,12 @@ struct FileConfig {
     join_timeout_secs: Option<u64>,
     max_sasl_frame_bytes: Option<usize>,
     buffer_budget_bytes: Option<usize>,
+    schema_registry_url: Option<String>,
+    schema_registry_issuer: Option<String>,
+    schema_registry_client_id: Option<String>,
+    schema_registry_client_secret: Option<String>,
+    dead_letter_timeout_secs: Option<u64>,
+    max_decompressed_bytes: Option<usize>,
 }
 
 /// A resolved command line: where to listen, and the configuration to run with.
@@ -343,6 +378,35 @@ impl Args {
             config.drain_timeout = Duration::from_secs(secs);
         }
         config.limits = limits;
+        if let Some(url) = self.schema_registry_url.or(file.schema_registry_url) {
+            let credentials = self
+                .schema_registry_issuer
+                .or(file.schema_registry_issuer)
+                .map(|issuer| ClientCredentials {
+                    issuer,
+                    client_id: self
+                        .schema_registry_client_id
+                        .or(file.schema_registry_client_id)
+                        .unwrap_or_default(),
+                    client_secret: self
+                        .schema_registry_client_secret
+                        .or(file.schema_registry_client_secret)
+                        .unwrap_or_default(),
+                    scopes: Vec::new(),
+                });
+            let mut registry = RegistryConfig::new(url);
+            registry.credentials = credentials;
+            config.schema_registry = Some(registry);
+        }
+        if let Some(secs) = self
+            .dead_letter_timeout_secs
+            .or(file.dead_letter_timeout_secs)
+        {
+            config.dead_letter_timeout = Duration::from_secs(secs.max(1));
+        }
+        if let Some(bytes) = self.max_decompressed_bytes.or(file.max_decompressed_bytes) {
+            config.max_decompressed_bytes = bytes.max(1);
+        }
         Ok(Resolved { listen, config })
     }
 }

@@ -1,8 +1,9 @@
-//! Decoding a response the proxy must change, and encoding it back into a frame.
+//! Decoding a request or response the proxy must read or change, and encoding it back into a
+//! frame.
 
 use bytes::Bytes;
 use kafka_protocol::{
-    messages::{ApiKey, ResponseHeader},
+    messages::{ApiKey, RequestHeader, ResponseHeader},
     protocol::{Decodable, Encodable},
 };
 
@@ -59,6 +60,45 @@ pub fn encode_response<M: Encodable>(
     })
     .map_err(|e| Error::Malformed {
         side: Side::Upstream,
+        api: key,
+        version,
+        reason: format!("cannot re-encode: {e}"),
+    })
+}
+
+/// Decodes a client's request: its header and body.
+pub fn decode_request<M: Decodable>(
+    frame: &Frame,
+    key: ApiKey,
+    version: i16,
+) -> Result<(RequestHeader, M), Error> {
+    let client = |e: anyhow::Error| Error::Malformed {
+        side: Side::Client,
+        api: key,
+        version,
+        reason: e.to_string(),
+    };
+    let mut buf: Bytes = frame.payload();
+    let header =
+        RequestHeader::decode(&mut buf, key.request_header_version(version)).map_err(client)?;
+    let body = M::decode(&mut buf, version).map_err(client)?;
+    Ok((header, body))
+}
+
+/// Encodes a request header and body into a frame.
+pub fn encode_request<M: Encodable>(
+    header: &RequestHeader,
+    body: &M,
+    key: ApiKey,
+    version: i16,
+    size_hint: usize,
+) -> Result<Frame, Error> {
+    frame::build(size_hint, |buf| {
+        header.encode(buf, key.request_header_version(version))?;
+        body.encode(buf, version)
+    })
+    .map_err(|e| Error::Malformed {
+        side: Side::Client,
         api: key,
         version,
         reason: format!("cannot re-encode: {e}"),

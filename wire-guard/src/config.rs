@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use crate::limits::Limits;
+use crate::{limits::Limits, schema::RegistryConfig};
 
 /// Kafka's own default for `socket.request.max.bytes`.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 100 * 1024 * 1024;
@@ -32,6 +32,13 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Connection caps, timeouts and the buffer budget.
     pub limits: Limits,
+    /// The registry governed records are checked against; needed once a policy has `topics:`.
+    pub schema_registry: Option<RegistryConfig>,
+    /// How long writing one batch of dead letters may take, retries included.
+    pub dead_letter_timeout: Duration,
+    /// Most bytes one Produce request's governed batches may decompress to: a small
+    /// compressed request must not be able to claim gigabytes.
+    pub max_decompressed_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +72,9 @@ impl Config {
             drain_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             limits: Limits::default(),
+            schema_registry: None,
+            dead_letter_timeout: Duration::from_secs(30),
+            max_decompressed_bytes: 64 * 1024 * 1024,
         }
     }
 }

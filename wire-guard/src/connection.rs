@@ -23,7 +23,8 @@ use std::{
 use futures::FutureExt;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsResponse, DescribeClusterResponse, DescribeConfigsResponse,
-    FindCoordinatorResponse, MetadataResponse, ResponseHeader, SaslAuthenticateResponse,
+    FindCoordinatorResponse, MetadataResponse, ProduceResponse, ResponseHeader,
+    SaslAuthenticateResponse, produce_response::TopicProduceResponse,
 };
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter, ReadHalf, WriteHalf},
@@ -40,6 +41,7 @@ use crate::{
     rewrite,
     sasl::SaslState,
     server::{Server, Target},
+    stage::{self, DecodeTable, LocalPartition, ProduceAction, data_quality::Producer},
     upstream::BoxStream,
     versions::{self, Advertised},
 };
@@ -50,19 +52,6 @@ const IO_BUFFER: usize = 64 * 1024;
 const REQUEST_HEAD: usize = 512;
 /// Enough of a response for its correlation id.
 const RESPONSE_HEAD: usize = 4;
-
-/// Responses read whole and handed to `process_response`; all others stream through.
-fn inspects_response(api_key: i16) -> bool {
-    matches!(
-        ApiKey::try_from(api_key),
-        Ok(ApiKey::ApiVersions
-            | ApiKey::Metadata
-            | ApiKey::FindCoordinator
-            | ApiKey::DescribeCluster
-            | ApiKey::DescribeConfigs
-            | ApiKey::SaslAuthenticate)
-    )
-}
 
 /// A request on its way upstream.
 enum Request {
@@ -325,7 +314,7 @@ impl Conn<'_> {
             let key = ApiKey::try_from(meta.api_key).ok();
             let version = meta.api_version;
 
-            if let Some(key) = key.filter(|k| versions::must_decode_response(*k)) {
+            if let Some(key) = key.filter(|k| stage::version_checked(*k)) {
                 let supported = versions::supported(key);
                 let ok = supported.is_some_and(|r| r.min <= version && version <= r.max);
                 if !ok && key == ApiKey::ApiVersions && version > 0 {
@@ -375,6 +364,7 @@ impl Conn<'_> {
                 });
             }
             let mut reply = Reply::Upstream;
+            let mut acks0 = false;
             if key == Some(ApiKey::Produce) {
                 let mut acks = header::produce_acks(head.payload(), version);
                 if acks.is_err() && !head.is_complete() {
@@ -391,8 +381,13 @@ impl Conn<'_> {
                 }
                 if acks? == 0 {
                     reply = Reply::NoneExpected;
+                    acks0 = true;
                 }
             }
+            let policy = self.server.policy.as_ref().map(|p| p.current());
+            let table = DecodeTable {
+                produce: policy.as_ref().is_some_and(|p| !p.topics.is_empty()),
+            };
             let request = if sasl {
                 let held = self.hold(&head, Side::Client).await?;
                 let frame = within(
@@ -410,6 +405,35 @@ impl Conn<'_> {
                     state.on_authenticate_request(frame.payload(), version)?;
                 }
                 Request::Whole(frame, held)
+            } else if key == Some(ApiKey::Produce) && table.request_whole(key) {
+                let held = self.hold(&head, Side::Client).await?;
+                let frame = within(
+                    limits.frame_timeout,
+                    Side::Client,
+                    "did not finish a request",
+                    head.complete(&mut client),
+                )
+                .await??;
+                match self.check_produce(&frame, version, policy.clone()).await? {
+                    ProduceAction::Forward => Request::Whole(frame, held),
+                    ProduceAction::ForwardChanged { request, local } => {
+                        if !acks0 {
+                            reply = Reply::Merge(local);
+                        }
+                        Request::Whole(request, held)
+                    }
+                    ProduceAction::Respond(local) => {
+                        let reply = if acks0 {
+                            Reply::NoneExpected
+                        } else {
+                            Reply::Local(produce_response(meta.correlation_id, version, local)?)
+                        };
+                        if queue.send(self.in_flight(meta, reply)).await.is_err() {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                }
             } else {
                 Request::Streamed(head)
             };
@@ -434,6 +458,53 @@ impl Conn<'_> {
             }
             upstream.flush().await.map_err(Error::io(Side::Upstream))?;
         }
+    }
+
+    /// Runs a Produce request through the data-quality stage. The check runs as a task of its
+    /// own: if this connection dies while dead letters are being written, the write and the
+    /// sequence bookkeeping that goes with it still finish together, so the producer's retry
+    /// on a new connection is recognised as one.
+    async fn check_produce(
+        &self,
+        frame: &Frame,
+        version: i16,
+        policy: Option<Arc<shared::policy::PolicySet>>,
+    ) -> Result<ProduceAction, Error> {
+        let Some(policy) = policy else {
+            return Ok(ProduceAction::Forward);
+        };
+        if self.server.data_quality.is_none() {
+            return Ok(ProduceAction::Forward);
+        }
+        let principal = self
+            .sasl()
+            .principal
+            .as_deref()
+            .map(shared::principal::Principal::from_kafka);
+        let server = self.server.clone();
+        let frame = frame.clone();
+        let conn = self.info.id;
+        tokio::spawn(async move {
+            let Some(stage) = server.data_quality.as_ref() else {
+                return Ok(ProduceAction::Forward);
+            };
+            let producer = Producer {
+                principal: principal.as_ref(),
+                conn,
+            };
+            stage
+                .on_produce(
+                    &frame,
+                    version,
+                    &policy.topics,
+                    &producer,
+                    &server.metrics,
+                    &server.budget,
+                )
+                .await
+        })
+        .await
+        .map_err(|e| Error::Panic(format!("record check: {e}")))?
     }
 
     /// Room in the buffer budget for the whole of `head`'s frame.
@@ -492,7 +563,7 @@ impl Conn<'_> {
                     unanswered_acks0.push(pending.correlation_id, self.outstanding);
                     continue;
                 }
-                Reply::Upstream => loop {
+                Reply::Upstream | Reply::Merge(_) => loop {
                     // A broker that stops answering gets the connection closed, not waited on
                     // forever: the client sees a disconnect and retries, and nothing leaks.
                     let limit = limits.answer_within(pending.api_key);
@@ -520,7 +591,11 @@ impl Conn<'_> {
                             pending.api_key,
                             pending.sent_at.elapsed().as_secs_f64(),
                         );
-                        if inspects_response(pending.api_key) {
+                        let merge = match &pending.reply {
+                            Reply::Merge(local) => Some(local),
+                            _ => None,
+                        };
+                        if merge.is_some() || stage::response_whole(pending.api_key) {
                             let _held = self.hold(&head, Side::Upstream).await?;
                             let frame = within(
                                 limits.frame_timeout,
@@ -529,7 +604,10 @@ impl Conn<'_> {
                                 head.complete(&mut upstream),
                             )
                             .await??;
-                            let out = self.process_response(frame, &pending)?;
+                            let out = match merge {
+                                Some(local) => merge_produce(&frame, pending.api_version, local)?,
+                                None => self.process_response(frame, &pending)?,
+                            };
                             client
                                 .write_all(out.wire())
                                 .await
@@ -608,7 +686,7 @@ impl Conn<'_> {
         Ok(head)
     }
 
-    /// Rewrites or watches the responses [`inspects_response`] names; every other frame is
+    /// Rewrites or watches the responses the decode table reads whole; every other frame is
     /// returned as received.
     fn process_response(&self, frame: Frame, p: &InFlight) -> Result<Frame, Error> {
         let Ok(key) = ApiKey::try_from(p.api_key) else {
@@ -683,4 +761,39 @@ fn unsupported_api_versions(correlation_id: i32) -> Result<Frame, Error> {
         0,
         64,
     )
+}
+
+/// The proxy's own answer to a Produce request whose every partition it answered.
+fn produce_response(
+    correlation_id: i32,
+    version: i16,
+    local: Vec<LocalPartition>,
+) -> Result<Frame, Error> {
+    let mut header = ResponseHeader::default();
+    header.correlation_id = correlation_id;
+    let mut response = ProduceResponse::default();
+    add_partitions(&mut response, local);
+    codec::encode_response(&header, &response, ApiKey::Produce, version, 256)
+}
+
+/// Adds the partitions the proxy answered to the broker's answer for the rest.
+fn merge_produce(frame: &Frame, version: i16, local: &[LocalPartition]) -> Result<Frame, Error> {
+    codec::transcode::<ProduceResponse>(frame, ApiKey::Produce, version, |r| {
+        add_partitions(r, local.to_vec());
+        Ok(())
+    })
+}
+
+fn add_partitions(response: &mut ProduceResponse, local: Vec<LocalPartition>) {
+    for part in local {
+        match response.responses.iter_mut().find(|t| t.name == part.topic) {
+            Some(topic) => topic.partition_responses.push(part.response),
+            None => {
+                let mut topic = TopicProduceResponse::default();
+                topic.name = part.topic;
+                topic.partition_responses.push(part.response);
+                response.responses.push(topic);
+            }
+        }
+    }
 }

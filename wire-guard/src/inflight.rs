@@ -41,6 +41,9 @@ pub enum Reply {
     Local(Frame),
     /// An `acks=0` Produce: the client expects nothing, and anything the broker sends is dropped.
     NoneExpected,
+    /// A Produce whose other partitions the proxy answered: the broker's response is merged
+    /// with these before it goes to the client.
+    Merge(Vec<crate::stage::LocalPartition>),
 }
 
 /// The correlation ids of one connection that still await an answer, or that a broker might

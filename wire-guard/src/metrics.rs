@@ -23,6 +23,9 @@ pub struct Metrics {
     pub buffered_bytes: IntGauge,
     pub bytes_from_clients: IntCounter,
     pub bytes_from_upstream: IntCounter,
+    /// Records on governed topics, by topic, rule and outcome (valid, rejected, dead_lettered,
+    /// audited, retried).
+    pub records: IntCounterVec,
     per_api: HashMap<i16, PerApi>,
     unknown_api: PerApi,
 }
@@ -76,6 +79,14 @@ impl Metrics {
             ]),
             &["api"],
         )?;
+        let records = IntCounterVec::new(
+            Opts::new(
+                "records_total",
+                "Records produced to topics a policy governs, by topic, the rule that governs them and outcome",
+            ),
+            &["topic", "rule", "outcome"],
+        )?;
+        registry.register(Box::new(records.clone()))?;
         registry.register(Box::new(connections_total.clone()))?;
         registry.register(Box::new(connections_active.clone()))?;
         registry.register(Box::new(connection_errors.clone()))?;
@@ -104,6 +115,7 @@ impl Metrics {
             buffered_bytes,
             bytes_from_clients: bytes.with_label_values(&["client_to_upstream"]),
             bytes_from_upstream: bytes.with_label_values(&["upstream_to_client"]),
+            records,
             per_api,
             unknown_api: per("unknown"),
         })
@@ -115,6 +127,14 @@ impl Metrics {
 
     pub fn request(&self, key: i16) {
         self.api(key).requests.inc();
+    }
+
+    pub fn record_outcome(&self, topic: &str, rule: &str, outcome: &str, count: usize) {
+        if count > 0 {
+            self.records
+                .with_label_values(&[topic, rule, outcome])
+                .inc_by(count as u64);
+        }
     }
 
     pub fn upstream_latency(&self, key: i16, seconds: f64) {

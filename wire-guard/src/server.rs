@@ -11,6 +11,7 @@ use std::{
 };
 
 use kafka_protocol::protocol::StrBytes;
+use shared::policy::PolicyStore;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -19,10 +20,13 @@ use crate::{
     brokers::{PortMap, Routes},
     config::Config,
     connection::{self, ConnInfo},
+    dlq::DeadLetters,
     error::Error,
     limits::{Admission, Budget},
     metrics::Metrics,
     rewrite::AddressBook,
+    schema::Schemas,
+    stage::{data_quality::DataQuality, sequences::Sequences},
     upstream::{BoxStream, Connector},
 };
 
@@ -61,6 +65,10 @@ pub struct Server {
     admission: Admission,
     /// Bytes of whole frames held in memory across all connections.
     pub budget: Budget,
+    /// The policy in force, reloaded when the policy directory changes.
+    pub policy: Option<Arc<PolicyStore>>,
+    /// The data-quality stage, present when a schema registry is configured.
+    pub data_quality: Option<DataQuality>,
 }
 
 impl AddressBook for Arc<Server> {
@@ -171,6 +179,9 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener, target: Target)
     }
 }
 
+/// How often the policy directory is checked for changes.
+const POLICY_POLL_INTERVAL: Duration = Duration::from_secs(2);
+
 /// How often `/readyz` re-checks that an upstream broker accepts connections.
 const READINESS_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -227,10 +238,20 @@ pub async fn run(
             Error::Config("bootstrap port 65535 leaves no room for broker ports".into())
         })?,
     };
-    if let Some(dir) = &config.policies {
-        let policies = shared::policy::load_dir(dir)?;
-        tracing::info!(dir = %dir.display(), files = policies.files.len(), "policies loaded");
-    }
+    let policy = match &config.policies {
+        Some(dir) => {
+            let store = PolicyStore::load(dir)?;
+            let set = store.current();
+            tracing::info!(dir = %dir.display(), files = set.files.len(), topic_rules = set.topics.rules.len(), "policies loaded");
+            if !set.topics.is_empty() && config.schema_registry.is_none() {
+                return Err(Error::Config(
+                    "the policies have topics: rules, which check records against a schema registry; pass --schema-registry-url".into(),
+                ));
+            }
+            Some(Arc::new(store))
+        }
+        None => None,
+    };
     let acceptor = match &config.client_tls {
         Some(t) => Some(TlsAcceptor::from(shared::tls::server_config(
             &t.cert,
@@ -274,8 +295,30 @@ pub async fn run(
         config.limits.buffer_budget_bytes,
         metrics.buffered_bytes.clone(),
     );
+    let connector = Connector::new(upstream_tls, config.connect_timeout);
+    let data_quality = match &config.schema_registry {
+        Some(registry) => Some(DataQuality {
+            schemas: Schemas::new(registry.clone(), &metrics.registry)
+                .map_err(|e| Error::Config(format!("schema registry: {e}")))?,
+            dead_letters: DeadLetters::new(
+                connector.clone(),
+                config.upstreams.clone(),
+                config.dead_letter_timeout,
+            ),
+            sequences: Sequences::default(),
+            max_decompressed: config.max_decompressed_bytes,
+        }),
+        None => None,
+    };
+    if let Some(store) = &policy {
+        store
+            .clone()
+            .spawn_poller(POLICY_POLL_INTERVAL, shutdown.clone());
+    }
     let server = Arc::new(Server {
-        connector: Connector::new(upstream_tls, config.connect_timeout),
+        connector,
+        policy,
+        data_quality,
         advertised_host: StrBytes::from_string(config.advertised_host.clone()),
         port_map: PortMap { base },
         bind_ip: local.ip(),

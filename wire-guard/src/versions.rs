@@ -141,26 +141,6 @@ pub fn unsupported_version_reply() -> ApiVersionsResponse {
     response
 }
 
-/// APIs whose responses the proxy must decode and rewrite: a request for a version outside
-/// [`supported`] is refused rather than forwarded.
-pub fn must_decode_response(key: ApiKey) -> bool {
-    matches!(
-        key,
-        ApiKey::ApiVersions
-            | ApiKey::Metadata
-            | ApiKey::FindCoordinator
-            | ApiKey::DescribeCluster
-            | ApiKey::DescribeConfigs
-            | ApiKey::DescribeQuorum
-            | ApiKey::SaslHandshake
-            | ApiKey::SaslAuthenticate
-            | ApiKey::Produce
-            | ApiKey::Fetch
-            | ApiKey::ShareFetch
-            | ApiKey::ShareAcknowledge
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,8 @@
  *
  *     java -cp "$KAFKA_LIBS/*" tests/clients/java/Scenario.java --bootstrap HOST:PORT \
  *         --scenario {admin,metadata,roundtrip,compression,idempotent,transactions,
- *                     groups-classic,groups-consumer,groups} \
+ *                     groups-classic,groups-consumer,groups,
+ *                     produce-payloads,produce-transaction,consume-all} \
  *         [--topic-prefix P] [--security-protocol PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL] \
  *         [--ca-file F] [--cert-file F --key-file F] \
  *         [--sasl-mechanism PLAIN|SCRAM-SHA-256|SCRAM-SHA-512|OAUTHBEARER \
@@ -44,6 +45,31 @@
  *   groups-consumer  new member resumes at the committed offsets and reads only what came
  *                    after (group.protocol classic, or consumer = KIP-848).
  * "groups" is an alias of "groups-classic", so the name the Python clients use works too.
+ *
+ * Scenarios driven by the caller's data, as in scenario.py:
+ *   produce-payloads    --payloads FILE [--delivery-timeout-ms MS] [--pause-after N --pause-file F]
+ *                       every record of FILE, in order, to its explicit partition (acks=all, the
+ *                       file's compression, idempotence, max in flight and linger; retried until
+ *                       the delivery timeout, default 60000 ms). FILE is JSON:
+ *                         {"topic": "t", "compression": "none|gzip|snappy|lz4|zstd",
+ *                          "idempotent": true, "max_in_flight": 5, "linger_ms": 5,
+ *                          "records": [{"partition": 0, "key": B64|null, "value": B64|null,
+ *                                       "headers": [["k", B64|null], ...]}, ...]}
+ *                       Result: "delivered": N, "failed": [{"index": i, "error": "..."}], every
+ *                       record accounted for once; a refused record is not a scenario failure.
+ *                       --pause-after N --pause-file F: after the first N records, flush, then
+ *                       wait until F exists before producing the rest.
+ *   produce-transaction --payloads FILE --transactional-id ID (--commit | --abort)
+ *                       one transaction with every record of FILE, then commit or abort; a
+ *                       failed record or commit aborts it. Result: "committed", "aborted",
+ *                       "failed".
+ *   consume-all         --topic T --expect N [--isolation read_committed|read_uncommitted]
+ *                       every partition of T from the beginning, without a group, until N
+ *                       records were read and each partition was read to its end, then 1 s
+ *                       more (or the deadline passed). Result: "records": [{"partition",
+ *                       "offset", "key", "value", "headers", "timestamp"}] sorted by partition
+ *                       and offset, bytes in base64.
+ * --timeout defaults to 60 s, 120 s for produce-payloads and produce-transaction.
  */
 
 import java.io.IOException;
@@ -122,11 +148,21 @@ import org.apache.kafka.common.utils.AppInfoParser;
 
 public class Scenario {
     static final String CLIENT = "java";
-    static final List<String> SCENARIOS = List.of("admin", "compression", "groups", "groups-classic",
-            "groups-consumer", "idempotent", "metadata", "roundtrip", "transactions");
+    static final List<String> SCENARIOS = List.of("admin", "compression", "consume-all", "groups",
+            "groups-classic", "groups-consumer", "idempotent", "metadata", "produce-payloads",
+            "produce-transaction", "roundtrip", "transactions");
     static final List<String> SECURITY_PROTOCOLS = List.of("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL");
     static final List<String> SASL_MECHANISMS = List.of("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER");
     static final List<String> COMPRESSIONS = List.of("none", "gzip", "snappy", "lz4", "zstd");
+    static final List<String> ISOLATION_LEVELS = List.of("read_committed", "read_uncommitted");
+    // Producing a payload file: a record is retried until this runs out (--delivery-timeout-ms).
+    static final int DELIVERY_TIMEOUT_MS = 60_000;
+    // consume-all reads on this long after the expected records arrived and every partition
+    // was read to its end, so extra records show up (common.py's EXTRA_READ_S).
+    static final long EXTRA_READ_MS = 1000;
+    static final double DEFAULT_TIMEOUT_S = 60.0;
+    // Producing waits for the slowest record's delivery timeout (60 s by default).
+    static final double PRODUCE_TIMEOUT_S = 120.0;
 
     // Group timings, as in common.py (classic protocol only: with group.protocol=consumer
     // the broker owns session timeout and heartbeat interval).
@@ -144,7 +180,10 @@ public class Scenario {
             + "[--security-protocol PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL] [--ca-file F] "
             + "[--cert-file F --key-file F] [--sasl-mechanism M --sasl-username U --sasl-password P] "
             + "[--oauth-token-endpoint URL --oauth-client-id ID --oauth-client-secret S --oauth-scope S] "
-            + "[--timeout SECONDS] [--log-level off|error|warn|info|debug] [--client java] [--verbose]";
+            + "[--timeout SECONDS] [--log-level off|error|warn|info|debug] [--client java] [--verbose] "
+            + "[--payloads FILE] [--delivery-timeout-ms MS] [--pause-after N --pause-file F] "
+            + "[--transactional-id ID --commit|--abort] [--topic T --expect N] "
+            + "[--isolation read_committed|read_uncommitted]";
 
     /** A scenario did not observe what it expected; the message is for a person reading test logs. */
     static final class Failure extends RuntimeException {
@@ -173,8 +212,20 @@ public class Scenario {
         String caFile, certFile, keyFile;
         String saslMechanism, saslUsername, saslPassword;
         String oauthTokenEndpoint, oauthClientId, oauthClientSecret, oauthScope;
-        double timeoutS = 60.0;
+        double timeoutS = DEFAULT_TIMEOUT_S;
+        boolean timeoutGiven;
         boolean verbose;
+        // produce-payloads / produce-transaction
+        String payloads;
+        int deliveryTimeoutMs = DELIVERY_TIMEOUT_MS;
+        Integer pauseAfter;
+        String pauseFile;
+        String transactionalId;
+        String transactionEnd; // "commit" or "abort"
+        // consume-all
+        String readTopic;
+        Integer expect;
+        String isolation = "read_committed";
         String logLevel = "off";
         String runId = newRunId();
 
@@ -207,6 +258,13 @@ public class Scenario {
                 if (arg.equals("--verbose")) {
                     o.verbose = true;
                     o.logLevel = "debug";
+                    continue;
+                }
+                if (arg.equals("--commit") || arg.equals("--abort")) {
+                    String end = arg.substring(2);
+                    if (o.transactionEnd != null && !o.transactionEnd.equals(end))
+                        throw new UsageError("--commit and --abort exclude each other");
+                    o.transactionEnd = end;
                     continue;
                 }
                 if (arg.equals("-h") || arg.equals("--help")) {
@@ -250,6 +308,31 @@ public class Scenario {
                         }
                         if (!(o.timeoutS > 0))
                             throw new UsageError("--timeout must be positive");
+                        o.timeoutGiven = true;
+                        break;
+                    case "--payloads": o.payloads = value; break;
+                    case "--delivery-timeout-ms":
+                        o.deliveryTimeoutMs = intArg(arg, value);
+                        if (o.deliveryTimeoutMs <= 0)
+                            throw new UsageError("--delivery-timeout-ms must be positive");
+                        break;
+                    case "--pause-after":
+                        o.pauseAfter = intArg(arg, value);
+                        if (o.pauseAfter < 0)
+                            throw new UsageError("--pause-after must be >= 0");
+                        break;
+                    case "--pause-file": o.pauseFile = value; break;
+                    case "--transactional-id": o.transactionalId = value; break;
+                    case "--topic": o.readTopic = value; break;
+                    case "--expect":
+                        o.expect = intArg(arg, value);
+                        if (o.expect < 0)
+                            throw new UsageError("--expect must be >= 0");
+                        break;
+                    case "--isolation":
+                        if (!ISOLATION_LEVELS.contains(value))
+                            throw new UsageError("--isolation must be one of " + ISOLATION_LEVELS);
+                        o.isolation = value;
                         break;
                     default:
                         throw new UsageError("unknown option " + arg);
@@ -277,7 +360,34 @@ public class Scenario {
             }
             if (o.keyFile != null && o.certFile == null)
                 throw new UsageError("--key-file needs --cert-file");
+            boolean producing = o.scenario.equals("produce-payloads") || o.scenario.equals("produce-transaction");
+            if (producing && o.payloads == null)
+                throw new UsageError(o.scenario + " needs --payloads FILE");
+            if (o.scenario.equals("produce-transaction")) {
+                if (o.transactionalId == null)
+                    throw new UsageError("produce-transaction needs --transactional-id");
+                if (o.transactionEnd == null)
+                    throw new UsageError("produce-transaction needs --commit or --abort");
+            }
+            if ((o.pauseAfter == null) != (o.pauseFile == null))
+                throw new UsageError("--pause-after and --pause-file go together");
+            if (o.scenario.equals("consume-all")) {
+                if (o.readTopic == null)
+                    throw new UsageError("consume-all needs --topic");
+                if (o.expect == null)
+                    throw new UsageError("consume-all needs --expect N");
+            }
+            if (!o.timeoutGiven && producing)
+                o.timeoutS = PRODUCE_TIMEOUT_S;
             return o;
+        }
+
+        static int intArg(String arg, String value) throws UsageError {
+            try {
+                return Integer.parseInt(value);
+            } catch (NumberFormatException e) {
+                throw new UsageError(arg + " needs a whole number, not " + value);
+            }
         }
     }
 
@@ -354,6 +464,9 @@ public class Scenario {
             case "compression": details = scenarioCompression(o, d); break;
             case "idempotent": details = scenarioIdempotent(o, d); break;
             case "transactions": details = scenarioTransactions(o, d); break;
+            case "produce-payloads": details = scenarioProducePayloads(o, d); break;
+            case "produce-transaction": details = scenarioProduceTransaction(o, d); break;
+            case "consume-all": details = scenarioConsumeAll(o, d); break;
             case "groups":
             case "groups-classic": details = scenarioGroups(o, d, "classic"); break;
             case "groups-consumer": details = scenarioGroups(o, d, "consumer"); break;
@@ -1404,6 +1517,402 @@ public class Scenario {
             step(what + ": abort", p::abortTransaction);
     }
 
+    // --- caller-driven scenarios ------------------------------------------------------
+
+    /** One record of a payload file; headers may repeat keys and hold null values. */
+    static final class Payload {
+        final int partition;
+        final byte[] key;
+        final byte[] value;
+        final List<Hdr> headers;
+
+        Payload(int partition, byte[] key, byte[] value, List<Hdr> headers) {
+            this.partition = partition;
+            this.key = key;
+            this.value = value;
+            this.headers = headers;
+        }
+    }
+
+    static final class Payloads {
+        String topic;
+        String compression = "none";
+        boolean idempotent = true;
+        int maxInFlight = 5;
+        int lingerMs = 5;
+        final List<Payload> records = new ArrayList<>();
+
+        /** Reads a payload file (the format is in the comment at the top of this file). */
+        static Payloads load(String file) {
+            Object doc;
+            try {
+                doc = JsonIn.parse(Files.readString(Path.of(file), StandardCharsets.UTF_8));
+            } catch (IOException | IllegalArgumentException e) {
+                throw new Failure("reading payload file " + file + " failed: " + explain(e));
+            }
+            if (!(doc instanceof Map))
+                throw new Failure("payload file " + file + ": needs an object with a \"topic\"");
+            Map<?, ?> m = (Map<?, ?>) doc;
+            Payloads p = new Payloads();
+            if (!(m.get("topic") instanceof String) || ((String) m.get("topic")).isEmpty())
+                throw new Failure("payload file " + file + ": needs a \"topic\"");
+            p.topic = (String) m.get("topic");
+            if (m.get("compression") != null)
+                p.compression = String.valueOf(m.get("compression"));
+            if (!COMPRESSIONS.contains(p.compression))
+                throw new Failure("payload file " + file + ": compression " + p.compression + " is not one of "
+                        + COMPRESSIONS);
+            if (m.get("idempotent") instanceof Boolean)
+                p.idempotent = (Boolean) m.get("idempotent");
+            if (m.get("max_in_flight") instanceof Number)
+                p.maxInFlight = ((Number) m.get("max_in_flight")).intValue();
+            if (m.get("linger_ms") instanceof Number)
+                p.lingerMs = ((Number) m.get("linger_ms")).intValue();
+            Object records = m.get("records");
+            if (records != null && !(records instanceof List))
+                throw new Failure("payload file " + file + ": \"records\" must be a list");
+            int i = 0;
+            for (Object r : records == null ? List.of() : (List<?>) records) {
+                String where = "payload file " + file + ", record " + i++;
+                if (!(r instanceof Map))
+                    throw new Failure(where + ": not an object");
+                Map<?, ?> rm = (Map<?, ?>) r;
+                Object partition = rm.get("partition");
+                if (partition != null && !(partition instanceof Number && ((Number) partition).intValue() >= 0))
+                    throw new Failure(where + ": partition must be a number >= 0, not " + partition);
+                List<Hdr> headers = new ArrayList<>();
+                Object hs = rm.get("headers");
+                for (Object h : hs instanceof List ? (List<?>) hs : List.of()) {
+                    if (!(h instanceof List) || ((List<?>) h).size() != 2 || !(((List<?>) h).get(0) instanceof String))
+                        throw new Failure(where + ": a header must be [\"key\", base64|null], not " + h);
+                    String k = (String) ((List<?>) h).get(0);
+                    headers.add(new Hdr(k, unb64(((List<?>) h).get(1), where + " header " + k)));
+                }
+                p.records.add(new Payload(partition == null ? 0 : ((Number) partition).intValue(),
+                        unb64(rm.get("key"), where + " key"), unb64(rm.get("value"), where + " value"), headers));
+            }
+            return p;
+        }
+
+        static byte[] unb64(Object v, String where) {
+            if (v == null)
+                return null;
+            if (!(v instanceof String))
+                throw new Failure(where + ": expected base64 text or null, got " + v);
+            try {
+                return Base64.getDecoder().decode((String) v);
+            } catch (IllegalArgumentException e) {
+                throw new Failure(where + ": not base64: " + e.getMessage());
+            }
+        }
+
+        ProducerRecord<byte[], byte[]> record(int index) {
+            Payload r = records.get(index);
+            List<Header> hs = new ArrayList<>();
+            for (Hdr h : r.headers)
+                hs.add(new RecordHeader(h.key, h.value));
+            return new ProducerRecord<>(topic, r.partition, null, r.key, r.value, hs);
+        }
+    }
+
+    static String b64(byte[] v) {
+        return v == null ? null : Base64.getEncoder().encodeToString(v);
+    }
+
+    /**
+     * The client's text for a failed record, led by the Kafka error name and code when the
+     * exception maps to one: "INVALID_RECORD (87): InvalidRecordException: ...".
+     */
+    static String errorText(Throwable t) {
+        Throwable e = t;
+        while ((e instanceof ExecutionException || e instanceof java.util.concurrent.CompletionException)
+                && e.getCause() != null)
+            e = e.getCause();
+        org.apache.kafka.common.protocol.Errors err = org.apache.kafka.common.protocol.Errors.forException(e);
+        String text = explain(e);
+        if (err == org.apache.kafka.common.protocol.Errors.UNKNOWN_SERVER_ERROR
+                && !(e instanceof org.apache.kafka.common.errors.UnknownServerException))
+            return text;
+        return err.name() + " (" + err.code() + "): " + text;
+    }
+
+    /** Delivered or failed, once per record index; the first report for a record counts. */
+    static final class Outcomes {
+        final String[] errors; // null: no report yet; "": delivered; text: failed
+        int repeated;
+
+        Outcomes(int n) {
+            errors = new String[n];
+        }
+
+        synchronized void delivered(int i) {
+            set(i, "");
+        }
+
+        synchronized void failed(int i, String error) {
+            set(i, error == null || error.isEmpty() ? "failed without an error text" : error);
+        }
+
+        private void set(int i, String outcome) {
+            if (errors[i] == null)
+                errors[i] = outcome;
+            else
+                repeated++;
+        }
+
+        synchronized List<Integer> pending() {
+            List<Integer> out = new ArrayList<>();
+            for (int i = 0; i < errors.length; i++)
+                if (errors[i] == null)
+                    out.add(i);
+            return out;
+        }
+
+        synchronized List<Object> failures() {
+            List<Object> out = new ArrayList<>();
+            for (int i = 0; i < errors.length; i++)
+                if (errors[i] != null && !errors[i].isEmpty())
+                    out.add(obj("index", i, "error", errors[i]));
+            return out;
+        }
+
+        synchronized Map<String, Object> result() {
+            int delivered = 0;
+            for (String e : errors)
+                if ("".equals(e))
+                    delivered++;
+            Map<String, Object> out = obj("delivered", delivered, "failed", failures());
+            if (repeated > 0)
+                out.put("repeated_reports", repeated);
+            return out;
+        }
+    }
+
+    static KafkaProducer<byte[], byte[]> payloadProducer(Opts o, Payloads p, Object... extra) {
+        Map<String, Object> c = new HashMap<>();
+        putAll(c, "acks", "all", "compression.type", p.compression, "enable.idempotence", p.idempotent,
+                "max.in.flight.requests.per.connection", p.maxInFlight, "linger.ms", p.lingerMs,
+                "retries", Integer.MAX_VALUE, "retry.backoff.ms", 100, "retry.backoff.max.ms", 1000,
+                "delivery.timeout.ms", o.deliveryTimeoutMs,
+                // The client insists on delivery.timeout.ms >= linger.ms + request.timeout.ms.
+                "request.timeout.ms", Math.max(1, Math.min(30_000, o.deliveryTimeoutMs - p.lingerMs)),
+                "max.block.ms", 15_000);
+        putAll(c, extra);
+        List<Object> kv = new ArrayList<>();
+        c.forEach((k, v) -> {
+            kv.add(k);
+            kv.add(v);
+        });
+        return producer(o, kv.toArray());
+    }
+
+    /** Sends record `i` of `p`; its outcome lands in `outcomes` (a refused send included). */
+    static void sendPayload(KafkaProducer<byte[], byte[]> producer, Payloads p, int i, Outcomes outcomes) {
+        try {
+            producer.send(p.record(i), (md, e) -> {
+                if (e == null)
+                    outcomes.delivered(i);
+                else
+                    outcomes.failed(i, errorText(e));
+            });
+        } catch (KafkaException | IllegalStateException e) {
+            outcomes.failed(i, "send() refused the record: " + errorText(e));
+        }
+    }
+
+    /** flush() has no time limit: run it on a helper thread and give up at the deadline. */
+    static void flush(KafkaProducer<byte[], byte[]> producer, Deadline d, String what) {
+        CompletableFuture<Void> f = CompletableFuture.runAsync(producer::flush);
+        try {
+            f.get(Math.max(1, d.remainingMs()), TimeUnit.MILLISECONDS);
+        } catch (TimeoutException e) {
+            throw new Failure(what + ": records still without an outcome at the deadline");
+        } catch (ExecutionException e) {
+            throw new Failure(what + ": flush failed: " + explain(e.getCause()));
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new Failure(what + ": interrupted");
+        }
+    }
+
+    static double waitForPauseFile(Opts o, Deadline d) {
+        long started = System.nanoTime();
+        while (!Files.exists(Path.of(o.pauseFile))) {
+            if (d.expired())
+                throw new Failure("paused after " + o.pauseAfter + " records: " + o.pauseFile
+                        + " did not appear before the deadline");
+            sleep(100);
+        }
+        return since(started);
+    }
+
+    static Map<String, Object> payloadDetails(Payloads p, Outcomes outcomes) {
+        Map<String, Object> out = obj("topic", p.topic, "records", p.records.size(), "compression", p.compression,
+                "idempotent", p.idempotent);
+        out.putAll(outcomes.result());
+        return out;
+    }
+
+    static Map<String, Object> scenarioProducePayloads(Opts o, Deadline d) {
+        Payloads p = Payloads.load(o.payloads);
+        Outcomes outcomes = new Outcomes(p.records.size());
+        Double pausedS = null;
+        KafkaProducer<byte[], byte[]> producer = payloadProducer(o, p);
+        try {
+            for (int i = 0; i <= p.records.size(); i++) {
+                if (o.pauseAfter != null && o.pauseAfter == i) {
+                    flush(producer, d, "flush before the pause");
+                    pausedS = waitForPauseFile(o, d);
+                }
+                if (i < p.records.size())
+                    sendPayload(producer, p, i, outcomes);
+            }
+            flush(producer, d, "flush");
+        } finally {
+            close(producer);
+        }
+        List<Integer> missing = outcomes.pending();
+        if (!missing.isEmpty())
+            throw new Failure("no outcome for records " + abbreviate(missing));
+        Map<String, Object> out = payloadDetails(p, outcomes);
+        if (pausedS != null)
+            out.put("paused_s", pausedS);
+        return out;
+    }
+
+    /** Producer errors after which the producer can do nothing more, an abort included. */
+    static boolean fatal(Throwable e) {
+        return e instanceof org.apache.kafka.common.errors.ProducerFencedException
+                || e instanceof org.apache.kafka.common.errors.InvalidProducerEpochException
+                || e instanceof org.apache.kafka.common.errors.OutOfOrderSequenceException
+                || e instanceof org.apache.kafka.common.errors.AuthorizationException
+                || e instanceof org.apache.kafka.common.errors.UnsupportedVersionException
+                || e instanceof org.apache.kafka.common.errors.TransactionalIdAuthorizationException;
+    }
+
+    static Map<String, Object> scenarioProduceTransaction(Opts o, Deadline d) {
+        Payloads p = Payloads.load(o.payloads);
+        Outcomes outcomes = new Outcomes(p.records.size());
+        boolean commit = o.transactionEnd.equals("commit");
+        boolean committed = false, aborted = false;
+        List<String> errors = new ArrayList<>();
+        KafkaProducer<byte[], byte[]> producer = payloadProducer(o, p, "transactional.id", o.transactionalId,
+                "enable.idempotence", true, "transaction.timeout.ms", Math.max(60_000, o.deliveryTimeoutMs));
+        try {
+            step("init transactions (" + o.transactionalId + ")", producer::initTransactions);
+            step("begin transaction", producer::beginTransaction);
+            for (int i = 0; i < p.records.size(); i++)
+                sendPayload(producer, p, i, outcomes);
+            flush(producer, d, "flush");
+            boolean abort = !commit;
+            int failed = outcomes.failures().size();
+            if (failed > 0) {
+                errors.add(failed + " records failed, aborting");
+                abort = true;
+            }
+            if (!abort) {
+                try {
+                    producer.commitTransaction();
+                    committed = true;
+                } catch (KafkaException e) {
+                    errors.add("commit failed: " + errorText(e));
+                    abort = !fatal(e);
+                }
+            }
+            if (abort) {
+                try {
+                    producer.abortTransaction();
+                    aborted = true;
+                } catch (KafkaException e) {
+                    errors.add("abort failed: " + errorText(e));
+                }
+            }
+            // Records failed by the abort get their callbacks now.
+            flush(producer, d, "flush after the transaction");
+        } finally {
+            close(producer);
+        }
+        for (int i : outcomes.pending())
+            outcomes.failed(i, "no delivery report; the transaction was " + (aborted ? "aborted" : "not committed"));
+        Map<String, Object> out = payloadDetails(p, outcomes);
+        out.putAll(obj("transactional_id", o.transactionalId, "committed", committed, "aborted", aborted,
+                "requested", o.transactionEnd, "error", errors.isEmpty() ? null : String.join("; ", errors)));
+        return out;
+    }
+
+    static Map<String, Object> scenarioConsumeAll(Opts o, Deadline d) {
+        String topic = o.readTopic;
+        KafkaConsumer<byte[], byte[]> c = consumer(o, null, "isolation.level", o.isolation, "max.poll.records", 1000,
+                "client.id", "scenario-" + o.scenario + "-reader");
+        List<Map<String, Object>> entries = new ArrayList<>();
+        boolean timedOut = false;
+        List<TopicPartition> tps = new ArrayList<>();
+        try {
+            waitUntil(() -> {
+                List<org.apache.kafka.common.PartitionInfo> ps = c.partitionsFor(topic,
+                        Duration.ofMillis(Math.max(1, Math.min(10_000, d.remainingMs()))));
+                if (ps == null || ps.isEmpty())
+                    return false;
+                tps.clear();
+                ps.stream().map(pi -> new TopicPartition(topic, pi.partition()))
+                        .sorted(Comparator.comparingInt(TopicPartition::partition)).forEach(tps::add);
+                return true;
+            }, d, "topic " + topic + " in metadata");
+            c.assign(tps);
+            c.seekToBeginning(tps);
+            long settledAt = -1;
+            long lastEndCheck = 0;
+            boolean atEnd = false;
+            while (true) {
+                ConsumerRecords<byte[], byte[]> batch = poll(c, POLL, "reading " + topic);
+                for (ConsumerRecord<byte[], byte[]> r : batch) {
+                    List<Object> headers = new ArrayList<>();
+                    for (Header h : r.headers())
+                        headers.add(Arrays.asList(h.key(), b64(h.value())));
+                    entries.add(obj("partition", r.partition(), "offset", r.offset(), "key", b64(r.key()),
+                            "value", b64(r.value()), "headers", headers, "timestamp", r.timestamp()));
+                }
+                if (batch.count() > 0) {
+                    atEnd = false;
+                    settledAt = -1;
+                }
+                if (entries.size() >= o.expect) {
+                    // Every partition read to its end (the last stable offset under read_committed).
+                    if (!atEnd && System.nanoTime() - lastEndCheck >= 200_000_000L) {
+                        lastEndCheck = System.nanoTime();
+                        Map<TopicPartition, Long> ends = c.endOffsets(tps,
+                                Duration.ofMillis(Math.max(1, Math.min(10_000, d.remainingMs()))));
+                        atEnd = true;
+                        for (TopicPartition tp : tps)
+                            atEnd &= c.position(tp, Duration.ofMillis(Math.max(1, Math.min(10_000, d.remainingMs()))))
+                                    >= ends.get(tp);
+                    }
+                    if (atEnd) {
+                        if (settledAt < 0)
+                            settledAt = System.nanoTime();
+                        if (System.nanoTime() - settledAt >= EXTRA_READ_MS * 1_000_000)
+                            break;
+                    }
+                }
+                if (d.expired()) {
+                    timedOut = true;
+                    break;
+                }
+            }
+        } catch (KafkaException e) {
+            throw new Failure("reading " + topic + ": " + explain(e));
+        } finally {
+            close(c);
+        }
+        entries.sort(Comparator.comparingInt((Map<String, Object> e) -> (Integer) e.get("partition"))
+                .thenComparingLong(e -> (Long) e.get("offset")));
+        Map<String, Object> out = obj("topic", topic, "isolation", o.isolation, "records", entries, "expected",
+                o.expect, "complete", entries.size() >= o.expect, "partitions", partitionNumbers(tps));
+        if (timedOut)
+            out.put("timed_out", true);
+        return out;
+    }
+
     /**
      * Two members split a 4-partition topic, read everything, commit and leave; a new member of
      * the same group then resumes from the committed offsets.
@@ -1835,6 +2344,147 @@ public class Scenario {
     }
 
     // --- output ---------------------------------------------------------------------
+
+    /** Just enough of a JSON reader for payload files: objects, arrays, strings, numbers, literals. */
+    static final class JsonIn {
+        final String s;
+        int pos;
+
+        JsonIn(String s) {
+            this.s = s;
+        }
+
+        static Object parse(String text) {
+            JsonIn in = new JsonIn(text);
+            Object v = in.value();
+            in.space();
+            if (in.pos != in.s.length())
+                throw in.error("trailing characters");
+            return v;
+        }
+
+        IllegalArgumentException error(String what) {
+            return new IllegalArgumentException("JSON: " + what + " at character " + pos);
+        }
+
+        void space() {
+            while (pos < s.length() && Character.isWhitespace(s.charAt(pos)))
+                pos++;
+        }
+
+        char peek() {
+            space();
+            if (pos >= s.length())
+                throw error("unexpected end");
+            return s.charAt(pos);
+        }
+
+        void expect(char c) {
+            if (peek() != c)
+                throw error("expected '" + c + "'");
+            pos++;
+        }
+
+        Object value() {
+            char c = peek();
+            if (c == '{') {
+                pos++;
+                Map<String, Object> m = new LinkedHashMap<>();
+                if (peek() == '}') {
+                    pos++;
+                    return m;
+                }
+                while (true) {
+                    if (peek() != '"')
+                        throw error("expected a string key");
+                    String k = string();
+                    expect(':');
+                    m.put(k, value());
+                    char n = peek();
+                    pos++;
+                    if (n == '}')
+                        return m;
+                    if (n != ',')
+                        throw error("expected ',' or '}'");
+                }
+            }
+            if (c == '[') {
+                pos++;
+                List<Object> l = new ArrayList<>();
+                if (peek() == ']') {
+                    pos++;
+                    return l;
+                }
+                while (true) {
+                    l.add(value());
+                    char n = peek();
+                    pos++;
+                    if (n == ']')
+                        return l;
+                    if (n != ',')
+                        throw error("expected ',' or ']'");
+                }
+            }
+            if (c == '"')
+                return string();
+            for (String lit : List.of("true", "false", "null")) {
+                if (s.startsWith(lit, pos)) {
+                    pos += lit.length();
+                    return lit.equals("null") ? null : (Object) Boolean.valueOf(lit);
+                }
+            }
+            int start = pos;
+            while (pos < s.length() && "+-0123456789.eE".indexOf(s.charAt(pos)) >= 0)
+                pos++;
+            String num = s.substring(start, pos);
+            if (num.isEmpty())
+                throw error("unexpected '" + c + "'");
+            try {
+                return num.matches("-?\\d+") ? (Object) Long.parseLong(num) : (Object) Double.parseDouble(num);
+            } catch (NumberFormatException e) {
+                throw error("bad number " + num);
+            }
+        }
+
+        String string() {
+            expect('"');
+            StringBuilder b = new StringBuilder();
+            while (true) {
+                if (pos >= s.length())
+                    throw error("unterminated string");
+                char c = s.charAt(pos++);
+                if (c == '"')
+                    return b.toString();
+                if (c != '\\') {
+                    b.append(c);
+                    continue;
+                }
+                if (pos >= s.length())
+                    throw error("unterminated string");
+                char e = s.charAt(pos++);
+                switch (e) {
+                    case '"': case '\\': case '/': b.append(e); break;
+                    case 'b': b.append('\b'); break;
+                    case 'f': b.append('\f'); break;
+                    case 'n': b.append('\n'); break;
+                    case 'r': b.append('\r'); break;
+                    case 't': b.append('\t'); break;
+                    case 'u':
+                        if (pos + 4 > s.length())
+                            throw error("short \\u escape");
+                        try {
+                            b.append((char) Integer.parseInt(s.substring(pos, pos + 4), 16));
+                        } catch (NumberFormatException x) {
+                            throw error("bad \\u escape");
+                        }
+                        pos += 4;
+                        break;
+                    default:
+                        throw error("bad escape \\" + e);
+                }
+            }
+        }
+    }
 
     /** Just enough JSON for the result line; maps other than LinkedHashMap get sorted keys. */
     static final class Json {

@@ -2,6 +2,7 @@
 //! clients, raw protocol clients and scripted hostile peers.
 
 mod clients;
+mod data_quality;
 mod limits;
 mod malformed;
 mod protocol;
