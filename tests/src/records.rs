@@ -164,7 +164,9 @@ pub fn payload_file(
     idempotent: bool,
     records: &[Out],
 ) -> anyhow::Result<std::path::PathBuf> {
-    let path = dir.join(format!("{topic}-{compression}.json"));
+    static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = dir.join(format!("{topic}-{compression}-{n}.json"));
     let records: Vec<Value> = records
         .iter()
         .map(|r| {

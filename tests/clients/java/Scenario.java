@@ -1843,7 +1843,7 @@ public class Scenario {
     static Map<String, Object> scenarioConsumeAll(Opts o, Deadline d) {
         String topic = o.readTopic;
         KafkaConsumer<byte[], byte[]> c = consumer(o, null, "isolation.level", o.isolation, "max.poll.records", 1000,
-                "client.id", "scenario-" + o.scenario + "-reader");
+                "allow.auto.create.topics", false, "client.id", "scenario-" + o.scenario + "-reader");
         List<Map<String, Object>> entries = new ArrayList<>();
         boolean timedOut = false;
         List<TopicPartition> tps = new ArrayList<>();

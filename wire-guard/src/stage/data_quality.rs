@@ -745,30 +745,22 @@ fn check_field(
             return;
         }
     };
-    let validated = match compiled.validate(payload) {
-        Ok(v) => v,
-        Err(invalid) => {
-            fail(
-                invalid.reason.as_str(),
-                Some(id),
-                invalid.message,
-                policy_action(rule),
-            );
-            return;
-        }
+    // The subject checks that need no record name come first: a record carrying another
+    // subject's schema id is refused for that, whatever its bytes decode to.
+    let wrong_subject = |expected: &str| {
+        format!(
+            "schema id {id} is registered under {:?}, not {expected:?}",
+            compiled.subjects
+        )
     };
-    if let Some(expected) = rule
-        .strategy
-        .subject(topic, is_key, validated.record_name.as_deref())
-        && !compiled.subjects.contains(&expected)
+    let named = rule.strategy.subject(topic, is_key, None);
+    if let Some(expected) = &named
+        && !compiled.subjects.contains(expected)
     {
         fail(
             "wrong_subject",
             Some(id),
-            format!(
-                "schema id {id} is registered under {:?}, not {expected:?}",
-                compiled.subjects
-            ),
+            wrong_subject(expected),
             policy_action(rule),
         );
         return;
@@ -789,6 +781,47 @@ fn check_field(
             policy_action(rule),
         );
         return;
+    }
+    let validated = match compiled.validate(payload) {
+        Ok(v) => v,
+        Err(invalid) => {
+            fail(
+                invalid.reason.as_str(),
+                Some(id),
+                invalid.message,
+                policy_action(rule),
+            );
+            return;
+        }
+    };
+    if named.is_none() {
+        match rule
+            .strategy
+            .subject(topic, is_key, validated.record_name.as_deref())
+        {
+            Some(expected) if compiled.subjects.contains(&expected) => {}
+            Some(expected) => {
+                fail(
+                    "wrong_subject",
+                    Some(id),
+                    wrong_subject(&expected),
+                    policy_action(rule),
+                );
+                return;
+            }
+            None => {
+                fail(
+                    "wrong_subject",
+                    Some(id),
+                    format!(
+                        "schema id {id} names no record, so the {} strategy has no subject to check",
+                        rule.strategy
+                    ),
+                    policy_action(rule),
+                );
+                return;
+            }
+        }
     }
     for failure in validated.failed_rules {
         let action = match failure.on_failure {
