@@ -26,11 +26,31 @@ struct InMemory(HashMap<String, String>);
 
 impl FileResolver for InMemory {
     fn open_file(&self, name: &str) -> Result<File, protox::Error> {
-        match self.0.get(name) {
-            Some(source) => File::from_source(name, source),
-            None => Err(protox::Error::file_not_found(name)),
+        let Some(source) = self.0.get(name) else {
+            return Err(protox::Error::file_not_found(name));
+        };
+        match File::from_source(name, source) {
+            Ok(file) => Ok(file),
+            // Registries also accept, and some serve back, a schema as a base64-encoded
+            // FileDescriptorProto: what confluent-kafka's Python serializer registers.
+            Err(text_error) => match serialized_descriptor(name, source) {
+                Some(file) => Ok(file),
+                None => Err(text_error),
+            },
         }
     }
+}
+
+/// A schema given as a base64 `FileDescriptorProto`, renamed to the name it is imported by.
+fn serialized_descriptor(name: &str, source: &str) -> Option<File> {
+    use base64::Engine as _;
+    use prost::Message as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(source.trim())
+        .ok()?;
+    let mut descriptor = prost_types::FileDescriptorProto::decode(bytes.as_slice()).ok()?;
+    descriptor.name = Some(name.to_owned());
+    Some(File::from_file_descriptor_proto(descriptor))
 }
 
 impl ProtobufSchema {
@@ -300,6 +320,27 @@ mod tests {
                 ]
             }
         );
+    }
+
+    #[test]
+    fn a_schema_registered_as_a_serialized_descriptor_compiles() {
+        use base64::Engine as _;
+        use prost::Message as _;
+        let text = r#"syntax = "proto3"; package example.payments;
+            message Payment { string id = 1; int64 amount = 2; }"#;
+        let compiled = ProtobufSchema::compile(text, &[]).unwrap();
+        // What confluent-kafka's Python serializer registers: the file's descriptor, base64.
+        let mut proto = compiled.file.file_descriptor_proto().clone();
+        proto.name = Some("example/payments/payment.proto".into());
+        let serialized = base64::engine::general_purpose::STANDARD.encode(proto.encode_to_vec());
+        let schema = ProtobufSchema::compile(&serialized, &[]).unwrap();
+        let mut payment = DynamicMessage::new(schema.message_for(&[0]).unwrap());
+        payment.set_field_by_name("amount", Value::I64(7));
+        let mut payload = vec![0];
+        payload.extend(encode(&payment));
+        let (name, _) = schema.validate(&payload, false).unwrap();
+        assert_eq!(name, "example.payments.Payment");
+        assert!(ProtobufSchema::compile("bm90IGEgZGVzY3JpcHRvcg==", &[]).is_err());
     }
 
     #[test]
