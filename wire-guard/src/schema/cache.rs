@@ -27,6 +27,8 @@ pub struct Schemas {
 struct Inner {
     registry: RegistryClient,
     cache: Cache<u32, Entry>,
+    /// Ids dropped from the cache by [`Schemas::refresh`] within the negative TTL.
+    refreshed: Cache<u32, ()>,
     metrics: Arc<SchemaMetrics>,
 }
 
@@ -60,10 +62,15 @@ impl Schemas {
             .max_capacity(config.max_entries)
             .expire_after(NegativeTtl(config.negative_ttl))
             .build();
+        let refreshed = Cache::builder()
+            .max_capacity(config.max_entries)
+            .time_to_live(config.negative_ttl)
+            .build();
         Ok(Schemas {
             inner: Arc::new(Inner {
                 registry,
                 cache,
+                refreshed,
                 metrics,
             }),
         })
@@ -90,6 +97,20 @@ impl Schemas {
             Entry::NotFound => Err(Lookup::NotFound),
             Entry::Unusable(why) => Err(Lookup::Unusable(why.to_string())),
         }
+    }
+
+    /// Drops `id` from the cache so that the next lookup asks the registry again, at most once
+    /// per id per negative TTL; says whether it did. A schema id is immutable but the subjects
+    /// it is registered under are not (registering the same schema under another subject keeps
+    /// its id), so a record that seems to carry another subject's id may only be newer than the
+    /// cache.
+    pub async fn refresh(&self, id: u32) -> bool {
+        if self.inner.refreshed.contains_key(&id) {
+            return false;
+        }
+        self.inner.refreshed.insert(id, ()).await;
+        self.inner.cache.invalidate(&id).await;
+        true
     }
 
     /// Fetches and compiles; `Err` (not cached) only when the registry could not answer.

@@ -110,7 +110,43 @@ struct Verdicts {
     findings: Vec<Vec<Finding>>,
 }
 
+/// Checks every record of `batches` off the I/O threads.
+async fn check_all(
+    batches: Vec<Batch>,
+    topic: &str,
+    rule: &TopicRule,
+    schemas: Arc<HashMap<u32, Result<Arc<CompiledSchema>, Lookup>>>,
+) -> Result<Verdicts, (ResponseError, String)> {
+    let rule = rule.clone();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let findings = batches
+            .iter()
+            .flat_map(|b| b.records.iter().map(move |r| (b, r)))
+            .map(|(b, r)| check_record(&topic, &rule, &schemas, b.key(r), b.value(r)))
+            .collect();
+        Verdicts { batches, findings }
+    })
+    .await
+    .map_err(|join| {
+        (
+            ResponseError::UnknownServerError,
+            format!("record check failed: {join}"),
+        )
+    })
+}
+
 impl Verdicts {
+    /// Schema ids that failed a subject check.
+    fn subject_mismatches(&self) -> std::collections::BTreeSet<u32> {
+        self.findings
+            .iter()
+            .flatten()
+            .filter(|f| matches!(f.reason, "wrong_subject" | "subject_not_allowed"))
+            .filter_map(|f| f.schema_id)
+            .collect()
+    }
+
     fn action(&self, i: usize) -> Action {
         self.findings[i]
             .iter()
@@ -259,30 +295,26 @@ impl DataQuality {
                 ));
             }
         };
-        let schemas = self.fetch_schemas(&batches, rule).await;
-        let rule_owned = rule.clone();
-        let topic_owned = topic.to_owned();
-        let checked = tokio::task::spawn_blocking(move || {
-            let findings = batches
-                .iter()
-                .flat_map(|b| b.records.iter().map(move |r| (b, r)))
-                .map(|(b, r)| {
-                    check_record(&topic_owned, &rule_owned, &schemas, b.key(r), b.value(r))
-                })
-                .collect();
-            Verdicts { batches, findings }
-        })
-        .await;
-        let verdicts = match checked {
+        let mut schemas = self.fetch_schemas(&batches, rule).await;
+        let mut verdicts = match check_all(batches, topic, rule, schemas.clone()).await {
             Ok(v) => v,
-            Err(join) => {
-                return Outcome::Answer(partition_answer(
-                    partition,
-                    ResponseError::UnknownServerError,
-                    format!("record check failed: {join}"),
-                ));
-            }
+            Err(answer) => return Outcome::Answer(partition_answer(partition, answer.0, answer.1)),
         };
+        // A subject mismatch may only mean the cached subject list is older than the
+        // registration the producer used: look once more before deciding.
+        let mut stale = false;
+        for id in verdicts.subject_mismatches() {
+            stale |= self.schemas.refresh(id).await;
+        }
+        if stale {
+            schemas = self.fetch_schemas(&verdicts.batches, rule).await;
+            verdicts = match check_all(verdicts.batches, topic, rule, schemas).await {
+                Ok(v) => v,
+                Err(answer) => {
+                    return Outcome::Answer(partition_answer(partition, answer.0, answer.1));
+                }
+            };
+        }
         self.decide(topic, partition, raw, rule, verdicts, producer, metrics)
             .await
     }
