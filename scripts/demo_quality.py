@@ -1,6 +1,6 @@
 """What wire-guard's data-quality policy does to records: the demo's third part.
 
-policies/data-quality.yaml governs `payments.*` values (bad records go to `payments.dlq`) and
+policies/data-quality.yaml governs `payments.*` values (bad records go to `dlq.payments`) and
 `orders` values (bad records are refused). The schema registered for the demo topic carries a
 data-contract rule (`amount > 0`, CEL, onFailure DLQ) that wire-guard enforces at the wire.
 Records are produced as raw bytes with a plain Producer, so the demo controls every byte,
@@ -83,7 +83,7 @@ def main() -> int:
     })
     admin = AdminClient(conf)
     topic = f"payments.quality-{uuid.uuid4().hex[:6]}"
-    for t in admin.create_topics([NewTopic(n, num_partitions=1) for n in (topic, "payments.dlq", "orders")]).values():
+    for t in admin.create_topics([NewTopic(n, num_partitions=1) for n in (topic, "dlq.payments", "orders")]).values():
         try:
             t.result(10)
         except KafkaException as e:
@@ -91,13 +91,13 @@ def main() -> int:
                 raise
     rule = Rule(
         name="amount-positive", doc=None, kind=RuleKind.CONDITION, mode=RuleMode.WRITE, type="CEL",
-        tags=None, params=RuleParams({"dlq.topic": "payments.dlq"}), expr="message.amount > 0",
+        tags=None, params=RuleParams({"dlq.topic": "dlq.payments"}), expr="message.amount > 0",
         on_success=None, on_failure="DLQ", disabled=None,
     )
     schema = Schema(json.dumps(PAYMENT), "AVRO", rule_set=RuleSet(migration_rules=None, domain_rules=[rule]))
     schema_id = registry.register_schema(f"{topic}-value", schema)
     print(f"   {topic}-value is schema id {schema_id}, with the data-contract rule "
-          "amount-positive: `message.amount > 0`, onFailure DLQ -> payments.dlq")
+          "amount-positive: `message.amount > 0`, onFailure DLQ -> dlq.payments")
 
     values = [
         ("a valid payment", framed(schema_id, {"payment": 1, "amount": 250})),
@@ -109,9 +109,9 @@ def main() -> int:
         print(f"   - {label}: {result}")
     landed = read(conf, topic, 1)
     print(f"   {topic} holds {len(landed)} record(s): the valid payment")
-    dead = read(conf, "payments.dlq", 2)
+    dead = read(conf, "dlq.payments", 2)
     dead = [m for m in dead if dict(m.headers() or []).get("wire-guard.topic") == topic.encode()]
-    print(f"   payments.dlq holds {len(dead)} record(s) from it, each with why:")
+    print(f"   dlq.payments holds {len(dead)} record(s) from it, each with why:")
     for m in dead:
         h = {k: v.decode() for k, v in (m.headers() or []) if k.startswith("wire-guard.")}
         print(f"   - value={m.value()!r}")

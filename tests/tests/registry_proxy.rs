@@ -26,6 +26,13 @@ const PAYMENTS: OidcClient = OidcClient {
     sub: "payments-svc",
     groups: &["payments"],
 };
+/// wire-guard's own identity, for reading the schemas it checks records against.
+const WIRE_GUARD: OidcClient = OidcClient {
+    id: "wire-guard",
+    secret: "wire-guard-secret",
+    sub: "wire-guard",
+    groups: &["platform-readers"],
+};
 const ANALYTICS: OidcClient = OidcClient {
     id: "analytics-svc",
     secret: "analytics-secret",
@@ -325,10 +332,30 @@ async fn run_serde(
 async fn stock_serializers_round_trip_through_registry_proxy_and_wire_guard() -> anyhow::Result<()>
 {
     init_test_logging();
-    let provider = OidcProvider::start(AUDIENCE, &[PAYMENTS, ANALYTICS]).await?;
+    let provider = OidcProvider::start(AUDIENCE, &[PAYMENTS, ANALYTICS, WIRE_GUARD]).await?;
     let proxy = start_proxy(&provider).await?;
     let kafka = tokio::task::spawn_blocking(broker::shared).await?;
-    let wire = InProcess::start(&kafka.endpoint(), |_| {}).await?;
+    // wire-guard checks every value against its schema, read through registry-proxy with its
+    // own client credentials; a value the stock serializers write that it refused would fail
+    // the round trip.
+    let policies = tempfile::tempdir()?;
+    std::fs::write(
+        policies.path().join("serde.yaml"),
+        "topics:\n  - id: serde-values\n    match: [\"payments.serde-*\"]\n    value: { schema: required, subject: topic, on_invalid: reject }\n",
+    )?;
+    let mut registry = wire_guard::schema::RegistryConfig::new(proxy.url.clone());
+    registry.credentials = Some(wire_guard::schema::ClientCredentials {
+        issuer: provider.issuer.clone(),
+        client_id: WIRE_GUARD.id.into(),
+        client_secret: WIRE_GUARD.secret.into(),
+        scopes: Vec::new(),
+    });
+    let policy_dir = policies.path().to_path_buf();
+    let wire = InProcess::start(&kafka.endpoint(), move |c| {
+        c.policies = Some(policy_dir);
+        c.schema_registry = Some(registry);
+    })
+    .await?;
     let run_id = &uuid_like();
 
     // scripts/install-stack installs every serializer's dependencies and checks they import.
@@ -422,6 +449,22 @@ async fn stock_serializers_round_trip_through_registry_proxy_and_wire_guard() ->
     )
     .await?;
     assert_eq!(readable["round_trip"], true, "{readable}");
+    let metrics = wire.metrics().await?;
+    let count = |outcome: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("wire_guard_records_total{")
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(
+        count("valid") >= 50.0,
+        "every serializer's records were checked: {metrics}"
+    );
+    assert_eq!(count("rejected"), 0.0, "{metrics}");
 
     // What the serializers asked the registry, as the audit log saw it.
     let records = {
@@ -460,6 +503,9 @@ async fn stock_serializers_round_trip_through_registry_proxy_and_wire_guard() ->
     for r in records.iter().filter(|r| !r["principal"].is_null()) {
         let refused_registration = r["principal"] == "user:analytics-svc"
             && r["endpoint"] == "POST /subjects/{subject}/versions";
+        if r["principal"] == "user:wire-guard" {
+            assert_eq!(r["operation"], "read", "wire-guard only reads: {r}");
+        }
         if refused_registration {
             assert_eq!(
                 (r["decision"].as_str(), r["status"].as_u64()),
