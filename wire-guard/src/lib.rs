@@ -4,22 +4,30 @@
 //!
 //! 1. [`server`] accepts on the bootstrap listener, or on a broker listener opened when that
 //!    broker first appeared in a rewritten response ([`brokers`] holds the port mapping and the
-//!    learnt routes; [`discovery`] opens the broker listeners at startup). TLS towards clients is terminated here; [`upstream`] connects onwards.
+//!    learnt routes; [`discovery`] opens the broker listeners at startup). TLS towards clients
+//!    is terminated here; [`upstream`] connects onwards. The server also holds the policy in
+//!    force (reloaded from the policy directory) and the shared parts of the stages.
 //! 2. [`connection`] runs the request and response loops of one connection. [`frame`] reads
 //!    length-prefixed frames, refusing oversized ones before allocating; [`header`] peeks at
 //!    the request header (and a Produce request's `acks`) without decoding the body;
-//!    [`inflight`] is the ordered queue matching responses to requests.
-//! 3. Responses whose API carries broker addresses are rewritten by [`rewrite`]; ApiVersions is
-//!    narrowed by [`versions`] to what this build decodes; [`sasl`] learns each connection's
-//!    authenticated principal. [`codec`] does the decode/re-encode. Every other frame is
-//!    forwarded as the original bytes.
+//!    [`inflight`] is the ordered queue matching responses to requests, and carries the
+//!    partitions the proxy answered itself to be merged into the broker's response.
+//! 3. [`stage`] decides which frames are read whole (one decode table) and holds the stages
+//!    that read them. Responses whose API carries broker addresses are rewritten by
+//!    [`rewrite`]; ApiVersions is narrowed by [`versions`] to what this build decodes; [`sasl`]
+//!    learns each connection's authenticated principal; [`stage::data_quality`] checks every
+//!    record produced to a topic a `topics:` policy governs, with [`records`] reading and
+//!    rebuilding record batches, [`schema`] fetching, caching and applying the registry's
+//!    schemas and data-contract rules, [`dlq`] writing dead letters with the proxy's own
+//!    idempotent producer, and [`stage::sequences`] keeping idempotent producers' sequence
+//!    numbers consistent when records leave their batches. [`codec`] does the decode and
+//!    re-encode. Every other frame is forwarded as the original bytes.
 //! 4. [`limits`] bounds what any one peer can cost: connection caps (global and per IP), the
-//!    timeouts on clients and brokers, and the byte budget for frames held whole.
-//! 5. [`schema`] validates record keys and values against a Confluent-compatible schema registry:
-//!    Confluent framing, a bounded cache of compiled Avro / JSON Schema / Protobuf schemas, and
-//!    the schemas' data-contract (CEL) rules.
-//! 6. [`metrics`] counts connections, requests, bytes and upstream latency; [`cli`] and
-//!    [`config`] turn flags, environment and an optional YAML file into a [`Config`].
+//!    timeouts on clients and brokers, and the byte budget for frames (and decompressed
+//!    records) held whole.
+//! 5. [`metrics`] counts connections, requests, bytes, upstream latency and record outcomes;
+//!    [`cli`] and [`config`] turn flags, environment and an optional YAML file into a
+//!    [`Config`].
 
 pub mod brokers;
 pub mod cli;
