@@ -11,6 +11,7 @@ use serde::Deserialize;
 use crate::{
     config::{ClientTls, Config, DEFAULT_MAX_FRAME_BYTES, UpstreamTls},
     limits::Limits,
+    login::{Credentials, Mechanism},
     schema::{ClientCredentials, RegistryConfig},
 };
 
@@ -131,6 +132,24 @@ pub struct Args {
     /// Seconds writing one batch of dead letters may take, retries included [default: 30].
     #[arg(long, env = "WIRE_GUARD_DEAD_LETTER_TIMEOUT_SECS")]
     pub dead_letter_timeout_secs: Option<u64>,
+    /// SASL mechanism for wire-guard's own connections to the cluster (dead letters): PLAIN,
+    /// SCRAM-SHA-256 or SCRAM-SHA-512. Client connections keep their own SASL.
+    #[arg(
+        long,
+        env = "WIRE_GUARD_DEAD_LETTER_SASL_MECHANISM",
+        requires = "dead_letter_sasl_username"
+    )]
+    pub dead_letter_sasl_mechanism: Option<String>,
+    /// User for --dead-letter-sasl-mechanism.
+    #[arg(long, env = "WIRE_GUARD_DEAD_LETTER_SASL_USERNAME")]
+    pub dead_letter_sasl_username: Option<String>,
+    /// Password for --dead-letter-sasl-mechanism (prefer the environment variable).
+    #[arg(
+        long,
+        env = "WIRE_GUARD_DEAD_LETTER_SASL_PASSWORD",
+        hide_env_values = true
+    )]
+    pub dead_letter_sasl_password: Option<String>,
     /// Most bytes one Produce request's governed batches may decompress to [default: 67108864].
     #[arg(long, env = "WIRE_GUARD_MAX_DECOMPRESSED_BYTES")]
     pub max_decompressed_bytes: Option<usize>,
@@ -172,6 +191,9 @@ struct FileConfig {
     schema_registry_client_id: Option<String>,
     schema_registry_client_secret: Option<String>,
     dead_letter_timeout_secs: Option<u64>,
+    dead_letter_sasl_mechanism: Option<String>,
+    dead_letter_sasl_username: Option<String>,
+    dead_letter_sasl_password: Option<String>,
     max_decompressed_bytes: Option<usize>,
 }
 
@@ -361,6 +383,34 @@ impl Args {
             ));
         }
 
+        let dead_letter_login = match self
+            .dead_letter_sasl_mechanism
+            .clone()
+            .or(file.dead_letter_sasl_mechanism.clone())
+        {
+            None => None,
+            Some(name) => match Mechanism::parse(&name) {
+                Some(mechanism) => Some(Credentials {
+                    mechanism,
+                    username: self
+                        .dead_letter_sasl_username
+                        .clone()
+                        .or(file.dead_letter_sasl_username.clone())
+                        .unwrap_or_default(),
+                    password: self
+                        .dead_letter_sasl_password
+                        .clone()
+                        .or(file.dead_letter_sasl_password.clone())
+                        .unwrap_or_default(),
+                }),
+                None => {
+                    errors.push(format!(
+                        "dead_letter_sasl_mechanism {name:?} is not PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+                    ));
+                    None
+                }
+            },
+        };
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -404,6 +454,7 @@ impl Args {
         {
             config.dead_letter_timeout = Duration::from_secs(secs.max(1));
         }
+        config.dead_letter_login = dead_letter_login;
         if let Some(bytes) = self.max_decompressed_bytes.or(file.max_decompressed_bytes) {
             config.max_decompressed_bytes = bytes.max(1);
         }

@@ -3,7 +3,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use crate::{limits::Limits, schema::RegistryConfig};
+use crate::{limits::Limits, login::Credentials, schema::RegistryConfig};
 
 /// Kafka's own default for `socket.request.max.bytes`.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 100 * 1024 * 1024;
@@ -36,6 +36,9 @@ pub struct Config {
     pub schema_registry: Option<RegistryConfig>,
     /// How long writing one batch of dead letters may take, retries included.
     pub dead_letter_timeout: Duration,
+    /// The SASL login for wire-guard's own connections (dead letters), when the cluster
+    /// requires one.
+    pub dead_letter_login: Option<Credentials>,
     /// Most bytes one Produce request's governed batches may decompress to: a small
     /// compressed request must not be able to claim gigabytes.
     pub max_decompressed_bytes: usize,
@@ -74,6 +77,7 @@ impl Config {
             limits: Limits::default(),
             schema_registry: None,
             dead_letter_timeout: Duration::from_secs(30),
+            dead_letter_login: None,
             max_decompressed_bytes: 64 * 1024 * 1024,
         }
     }

@@ -23,7 +23,8 @@ use kafka_protocol::{
     ResponseError,
     messages::{
         ApiKey, InitProducerIdRequest, InitProducerIdResponse, MetadataRequest, MetadataResponse,
-        ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, TopicName,
+        ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader, SaslAuthenticateRequest,
+        SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse, TopicName,
         metadata_request::MetadataRequestTopic,
         produce_request::{PartitionProduceData, TopicProduceData},
     },
@@ -34,6 +35,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use crate::{
     error::Side,
     frame,
+    login::Credentials,
     records::{Builder, OwnedRecord},
     upstream::{BoxStream, Connector},
 };
@@ -86,6 +88,8 @@ struct TopicLayout {
 pub struct DeadLetters {
     connector: Connector,
     bootstrap: Vec<String>,
+    /// The SASL login for wire-guard's own connections, when the cluster requires one.
+    login: Option<Credentials>,
     /// How long one write may take, retries included.
     deadline: Duration,
     producer: tokio::sync::Mutex<Option<ProducerId>>,
@@ -107,10 +111,16 @@ enum Retry {
 }
 
 impl DeadLetters {
-    pub fn new(connector: Connector, bootstrap: Vec<String>, deadline: Duration) -> Self {
+    pub fn new(
+        connector: Connector,
+        bootstrap: Vec<String>,
+        login: Option<Credentials>,
+        deadline: Duration,
+    ) -> Self {
         Self {
             connector,
             bootstrap,
+            login,
             deadline,
             producer: tokio::sync::Mutex::new(None),
             partitions: Mutex::default(),
@@ -390,10 +400,16 @@ impl DeadLetters {
                 .connect(addr)
                 .await
                 .map_err(|e| e.to_string())?;
-            *conn = Some(OwnConn {
+            let mut own = OwnConn {
                 stream: BufReader::new(stream),
                 next_correlation: 0,
-            });
+            };
+            if let Some(login) = &self.login {
+                tokio::time::timeout(self.deadline, own.log_in(login))
+                    .await
+                    .map_err(|_| format!("SASL login to {addr} timed out"))??;
+            }
+            *conn = Some(own);
         }
         let own = conn.as_mut().expect("connected above");
         let result = tokio::time::timeout(self.deadline, own.call(key, version, request))
@@ -418,6 +434,39 @@ struct OwnConn {
 }
 
 impl OwnConn {
+    /// Authenticates the connection as wire-guard's own user.
+    async fn log_in(&mut self, login: &Credentials) -> Result<(), String> {
+        let mut handshake = SaslHandshakeRequest::default();
+        handshake.mechanism = StrBytes::from_static_str(login.mechanism.name());
+        let answer: SaslHandshakeResponse = self.call(ApiKey::SaslHandshake, 1, &handshake).await?;
+        if answer.error_code != 0 {
+            return Err(format!(
+                "the broker does not offer SASL {} (error {}; it offers {:?})",
+                login.mechanism.name(),
+                answer.error_code,
+                answer.mechanisms
+            ));
+        }
+        let mut exchange = login.start();
+        let mut server = Bytes::new();
+        while let Some(message) = exchange.step(&server)? {
+            let mut request = SaslAuthenticateRequest::default();
+            request.auth_bytes = Bytes::from(message);
+            let answer: SaslAuthenticateResponse =
+                self.call(ApiKey::SaslAuthenticate, 2, &request).await?;
+            if answer.error_code != 0 {
+                return Err(format!(
+                    "SASL {} login as {:?} refused: {}",
+                    login.mechanism.name(),
+                    login.username,
+                    answer.error_message.as_deref().unwrap_or("no reason given")
+                ));
+            }
+            server = answer.auth_bytes;
+        }
+        Ok(())
+    }
+
     async fn call<Req: Encodable, Resp: Decodable>(
         &mut self,
         key: ApiKey,

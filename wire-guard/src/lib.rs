@@ -41,6 +41,7 @@ pub mod frame;
 pub mod header;
 pub mod inflight;
 pub mod limits;
+pub mod login;
 pub mod metrics;
 pub mod records;
 pub mod rewrite;

@@ -303,6 +303,7 @@ pub async fn run(
             dead_letters: DeadLetters::new(
                 connector.clone(),
                 config.upstreams.clone(),
+                config.dead_letter_login.clone(),
                 config.dead_letter_timeout,
             ),
             sequences: Sequences::default(),

@@ -782,3 +782,78 @@ async fn a_hundred_producers_of_1mib_governed_batches_stay_within_the_buffer_bud
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_sasl_cluster_dead_letters_use_wire_guards_own_login_and_name_the_producer()
+-> anyhow::Result<()> {
+    use wire_guard::login::{Credentials, Mechanism};
+    let run = run_id();
+    let dir = tempfile::tempdir()?;
+    let registry = Registry::start().await?;
+    let topic = format!("dq-sasl-{run}");
+    let dlq = format!("{topic}-dlq");
+    let id = registry
+        .register(&format!("{topic}-value"), json!({"schema": AVRO_PAYMENT}))
+        .await?;
+    let kafka = tokio::task::spawn_blocking(broker::shared).await?;
+    create_topics(&kafka.endpoint().bootstrap, &[(&topic, 1), (&dlq, 1)]).await?;
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies)?;
+    std::fs::write(
+        policies.join("sasl.yaml"),
+        format!(
+            "topics:\n  - id: sasl-values\n    match: [\"{topic}\"]\n    principals: [\"user:alice\"]\n    value: {{ schema: required, on_invalid: {{ dead_letter: \"{dlq}\" }} }}\n"
+        ),
+    )?;
+    let (dlq_user, dlq_password) = broker::USERS[2];
+    let url = registry.url.clone();
+    let proxy = InProcess::start(
+        &kafka.endpoint_of(kafka.listeners.sasl_plaintext),
+        move |c| {
+            c.policies = Some(policies);
+            c.schema_registry = Some(RegistryConfig::new(url));
+            c.dead_letter_login = Some(Credentials {
+                mechanism: Mechanism::ScramSha512,
+                username: dlq_user.into(),
+                password: dlq_password.into(),
+            });
+        },
+    )
+    .await?;
+    let records = vec![
+        Out::value(0, framed(id, &avro_payment("s-1", 1))),
+        Out::value(0, b"unframed".to_vec()),
+    ];
+    let file = payload_file(dir.path(), &topic, "none", true, &records)?;
+    let (user, password) = broker::USERS[0];
+    let result = produce(
+        "confluent",
+        &proxy.bootstrap(),
+        &file,
+        &[
+            "--security-protocol",
+            "SASL_PLAINTEXT",
+            "--sasl-mechanism",
+            "SCRAM-SHA-256",
+            "--sasl-username",
+            user,
+            "--sasl-password",
+            password,
+        ],
+    )
+    .await?;
+    assert_eq!(result["failed"], json!([]), "{result}");
+    let bootstrap = kafka.endpoint().bootstrap;
+    assert_eq!(read_topic(&bootstrap, &topic, 1).await?.len(), 1);
+    let dead = read_topic(&bootstrap, &dlq, 1).await?;
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert_eq!(
+        dead[0].header("wire-guard.principal").as_deref(),
+        Some("user:alice")
+    );
+    assert_eq!(
+        dead[0].header("wire-guard.reason").as_deref(),
+        Some("no_magic_byte")
+    );
+    proxy.stop().await
+}
