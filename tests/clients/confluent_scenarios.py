@@ -440,6 +440,13 @@ def payload_producer_conf(opts: Options, p: Payloads) -> dict:
         "retries": 2147483647,
         "retry.backoff.ms": 100,
         "retry.backoff.max.ms": 1000,
+        # Reconnect soon after a lost connection (the default backs off up to 10 s), and to
+        # the broker it knows: with the default "rebootstrap" recovery, librdkafka 2.16 drops
+        # its brokers and starts over from the bootstrap address whenever every connection
+        # is down at once, and under repeatedly cut connections it then delivers nothing
+        # until the delivery timeout.
+        "reconnect.backoff.max.ms": 1000,
+        "metadata.recovery.strategy": "none",
         "delivery.timeout.ms": opts.delivery_timeout_ms,
         "request.timeout.ms": max(1000, min(30000, opts.delivery_timeout_ms)),
     }
@@ -530,7 +537,7 @@ def scenario_produce_transaction(s: Session, deadline: Deadline) -> dict:
     p = load_payloads(o.payloads)
     conf = payload_producer_conf(o, p)
     conf.update({"transactional.id": o.transactional_id, "enable.idempotence": True,
-                 "transaction.timeout.ms": 60000})
+                 "transaction.timeout.ms": max(60000, o.delivery_timeout_ms)})
     producer = s.producer(**conf)
     sender = PayloadSender(s, producer, p)
 
@@ -631,13 +638,13 @@ def scenario_consume_all(s: Session, deadline: Deadline) -> dict:
 
 SCENARIOS = {
     "admin": scenario_admin,
-    "consume-all": scenario_consume_all,
-    "produce-payloads": scenario_produce_payloads,
-    "produce-transaction": scenario_produce_transaction,
     "compression": scenario_compression,
+    "consume-all": scenario_consume_all,
     "groups": scenario_groups,
     "idempotent": scenario_idempotent,
     "metadata": scenario_metadata,
+    "produce-payloads": scenario_produce_payloads,
+    "produce-transaction": scenario_produce_transaction,
     "roundtrip": scenario_roundtrip,
 }
 

@@ -429,11 +429,11 @@ def scenario_produce_payloads(opts: Options, deadline: Deadline) -> dict:
 
 SCENARIOS = {
     "admin": scenario_admin,
-    "produce-payloads": scenario_produce_payloads,
     "compression": scenario_compression,
     "groups": scenario_groups,
     "idempotent": scenario_idempotent,
     "metadata": scenario_metadata,
+    "produce-payloads": scenario_produce_payloads,
     "roundtrip": scenario_roundtrip,
 }
 

@@ -1696,7 +1696,7 @@ public class Scenario {
                 "delivery.timeout.ms", o.deliveryTimeoutMs,
                 // The client insists on delivery.timeout.ms >= linger.ms + request.timeout.ms.
                 "request.timeout.ms", Math.max(1, Math.min(30_000, o.deliveryTimeoutMs - p.lingerMs)),
-                "max.block.ms", 15_000);
+                "max.block.ms", Math.min(15_000, o.deliveryTimeoutMs));
         putAll(c, extra);
         List<Object> kv = new ArrayList<>();
         c.forEach((k, v) -> {
@@ -1720,7 +1720,7 @@ public class Scenario {
         }
     }
 
-    /** flush() has no time limit: run it on a helper thread and give up at the deadline. */
+    /** flush() has no time limit: run it on another thread and give up at the deadline. */
     static void flush(KafkaProducer<byte[], byte[]> producer, Deadline d, String what) {
         CompletableFuture<Void> f = CompletableFuture.runAsync(producer::flush);
         try {
