@@ -150,7 +150,8 @@ pub struct Args {
         hide_env_values = true
     )]
     pub dead_letter_sasl_password: Option<String>,
-    /// Most bytes one Produce request's governed batches may decompress to [default: 67108864].
+    /// Most bytes one governed partition's batches in a Produce request may decompress to
+    /// [default: 67108864]; beyond it the partition is refused RECORD_LIST_TOO_LARGE.
     #[arg(long, env = "WIRE_GUARD_MAX_DECOMPRESSED_BYTES")]
     pub max_decompressed_bytes: Option<usize>,
     /// Log format: text or json.
@@ -540,6 +541,54 @@ mod tests {
             errors.iter().any(|e| e.contains("buffer_budget_bytes")),
             "{errors:?}"
         );
+    }
+
+    #[test]
+    fn data_quality_settings_come_from_flags() {
+        let r = parse(&[
+            "--upstream",
+            "b1:9092",
+            "--listen",
+            "127.0.0.1:19092",
+            "--schema-registry-url",
+            "http://registry-proxy:8081",
+            "--schema-registry-issuer",
+            "http://idp",
+            "--schema-registry-client-id",
+            "wire-guard",
+            "--schema-registry-client-secret",
+            "s3cret",
+            "--dead-letter-sasl-mechanism",
+            "scram-sha-512",
+            "--dead-letter-sasl-username",
+            "wg",
+            "--dead-letter-sasl-password",
+            "pw",
+        ])
+        .unwrap();
+        let registry = r.config.schema_registry.expect("registry");
+        assert_eq!(registry.url, "http://registry-proxy:8081");
+        let credentials = registry.credentials.expect("credentials");
+        assert_eq!(credentials.client_id, "wire-guard");
+        assert!(
+            !format!("{credentials:?}").contains("s3cret"),
+            "secrets stay out of logs"
+        );
+        let login = r.config.dead_letter_login.expect("login");
+        assert_eq!(login.mechanism, Mechanism::ScramSha512);
+        assert!(!format!("{login:?}").contains("pw\""));
+        let errors = parse(&[
+            "--upstream",
+            "b1:9092",
+            "--listen",
+            "127.0.0.1:19092",
+            "--dead-letter-sasl-mechanism",
+            "GSSAPI",
+            "--dead-letter-sasl-username",
+            "wg",
+        ])
+        .unwrap_err();
+        assert!(errors.iter().any(|e| e.contains("GSSAPI")), "{errors:?}");
     }
 
     #[test]

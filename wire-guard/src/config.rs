@@ -39,7 +39,7 @@ pub struct Config {
     /// The SASL login for wire-guard's own connections (dead letters), when the cluster
     /// requires one.
     pub dead_letter_login: Option<Credentials>,
-    /// Most bytes one Produce request's governed batches may decompress to: a small
+    /// Most bytes one partition's batches in a Produce request may decompress to: a small
     /// compressed request must not be able to claim gigabytes.
     pub max_decompressed_bytes: usize,
 }
