@@ -69,6 +69,21 @@ impl Datum {
         )
     }
 
+    /// The CEL value of a record with only the named top-level fields (any other value whole).
+    pub(crate) fn to_cel_with(&self, names: &std::collections::BTreeSet<String>) -> cel::Value {
+        match self {
+            Datum::Record { fields, .. } => {
+                let map: HashMap<String, cel::Value> = fields
+                    .iter()
+                    .filter(|(key, _)| names.contains(key))
+                    .map(|(key, value)| (key.clone(), value.to_cel()))
+                    .collect();
+                cel::Value::from(map)
+            }
+            other => other.to_cel(),
+        }
+    }
+
     /// The CEL value: records and maps become maps keyed by field name, enums their symbol.
     pub(crate) fn to_cel(&self) -> cel::Value {
         match self {

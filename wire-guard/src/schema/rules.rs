@@ -56,6 +56,34 @@ struct RuleDoc {
 #[derive(Debug, Default)]
 pub(crate) struct Rules {
     rules: Vec<Rule>,
+    /// The record fields the `CEL` rules read as `message.NAME`, when that is all they read of
+    /// `message`: only those are converted for CEL, so a rule on one field of a large record
+    /// does not copy the rest of it for every record. `None`: bind the whole record.
+    message_fields: Option<std::collections::BTreeSet<String>>,
+}
+
+/// The names `text` reads as `message.NAME`, or `None` if it uses `message` any other way
+/// (whole, indexed, passed to a function). Over-collecting is harmless; missing a use is not,
+/// so anything unusual binds the whole record.
+fn message_fields(text: &str) -> Option<std::collections::BTreeSet<String>> {
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut fields = std::collections::BTreeSet::new();
+    for (at, word) in text.match_indices("message") {
+        let after = &text[at + word.len()..];
+        if text[..at].ends_with(ident) || after.starts_with(ident) {
+            continue;
+        }
+        let name: String = after
+            .strip_prefix('.')?
+            .chars()
+            .take_while(|c| ident(*c))
+            .collect();
+        if name.is_empty() {
+            return None;
+        }
+        fields.insert(name);
+    }
+    Some(fields)
 }
 
 #[derive(Debug)]
@@ -104,7 +132,19 @@ impl Rules {
                 rules.push(rule);
             }
         }
-        Ok(Rules { rules })
+        let mut wanted = Some(std::collections::BTreeSet::new());
+        for rule in rules.iter().filter(|r| r.scope == Scope::Message) {
+            for expression in rule.guard.iter().chain([&rule.condition]) {
+                match (message_fields(&expression.text), wanted.as_mut()) {
+                    (Some(fields), Some(all)) => all.extend(fields),
+                    _ => wanted = None,
+                }
+            }
+        }
+        Ok(Rules {
+            rules,
+            message_fields: wanted,
+        })
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -114,7 +154,10 @@ impl Rules {
     /// Evaluates every rule against a decoded record and returns the ones that failed.
     pub(crate) fn evaluate(&self, record: &Datum) -> Vec<RuleFailure> {
         let mut failures = Vec::new();
-        let message = record.to_cel();
+        let message = match &self.message_fields {
+            Some(fields) => record.to_cel_with(fields),
+            None => record.to_cel(),
+        };
         for rule in &self.rules {
             let outcome = match rule.scope {
                 Scope::Message => rule.check(&[("message", message.clone())]),
@@ -332,6 +375,28 @@ mod tests {
 
     fn condition(name: &str, rule_type: &str, expr: &str) -> serde_json::Value {
         json!({"name": name, "kind": "CONDITION", "type": rule_type, "mode": "WRITE", "expr": expr})
+    }
+
+    #[test]
+    fn only_the_fields_rules_read_are_bound() {
+        assert_eq!(
+            message_fields("message.amount > 0 && has(message.id)"),
+            Some(["amount".to_owned(), "id".to_owned()].into())
+        );
+        assert_eq!(message_fields("size(message) > 1"), None);
+        assert_eq!(message_fields("message['amount'] > 0"), None);
+        assert_eq!(
+            message_fields("messages.x == 1 && my_message.y"),
+            Some([].into())
+        );
+        let compiled = rules(json!([condition("adult", "CEL", "message.age >= 18")])).unwrap();
+        assert!(compiled.evaluate(&user(30, "a@b")).is_empty());
+        assert_eq!(compiled.evaluate(&user(12, "a@b")).len(), 1);
+        let whole = rules(json!([condition("two", "CEL", "size(message) == 2")])).unwrap();
+        assert!(
+            whole.evaluate(&user(30, "a@b")).is_empty(),
+            "the whole record is bound"
+        );
     }
 
     #[test]
