@@ -196,39 +196,55 @@ impl DataQuality {
         {
             return Ok(ProduceAction::Forward);
         }
-        let mut changed = false;
-        let mut local = Vec::new();
-        for topic in &mut request.topic_data {
+        // Partitions are checked concurrently: their dead-letter writes and registry lookups
+        // overlap instead of queueing behind each other.
+        let mut checks = Vec::new();
+        for (t, topic) in request.topic_data.iter().enumerate() {
             let Some(rule) = governs(&topic.name) else {
                 continue;
             };
-            let name = topic.name.to_string();
-            let mut kept = Vec::with_capacity(topic.partition_data.len());
-            for mut data in std::mem::take(&mut topic.partition_data) {
-                let Some(records) = data.records.clone() else {
-                    kept.push(data);
-                    continue;
-                };
-                match self
-                    .partition(&name, data.index, records, rule, producer, metrics, budget)
-                    .await
-                {
-                    Outcome::Unchanged => kept.push(data),
-                    Outcome::Replace(bytes) => {
-                        data.records = Some(bytes);
-                        changed = true;
-                        kept.push(data);
-                    }
-                    Outcome::Answer(response) => {
-                        changed = true;
-                        local.push(LocalPartition {
-                            topic: topic.name.clone(),
-                            response,
-                        });
-                    }
+            for (p, data) in topic.partition_data.iter().enumerate() {
+                if let Some(records) = data.records.clone() {
+                    let name = topic.name.to_string();
+                    let index = data.index;
+                    checks.push(async move {
+                        let outcome = self
+                            .partition(&name, index, records, rule, producer, metrics, budget)
+                            .await;
+                        (t, p, outcome)
+                    });
                 }
             }
-            topic.partition_data = kept;
+        }
+        let outcomes = futures::future::join_all(checks).await;
+        let mut changed = false;
+        let mut local = Vec::new();
+        let mut answered = std::collections::HashSet::new();
+        for (t, p, outcome) in outcomes {
+            let topic = &mut request.topic_data[t];
+            match outcome {
+                Outcome::Unchanged => {}
+                Outcome::Replace(bytes) => {
+                    topic.partition_data[p].records = Some(bytes);
+                    changed = true;
+                }
+                Outcome::Answer(response) => {
+                    changed = true;
+                    answered.insert((t, p));
+                    local.push(LocalPartition {
+                        topic: topic.name.clone(),
+                        response,
+                    });
+                }
+            }
+        }
+        for (t, topic) in request.topic_data.iter_mut().enumerate() {
+            let mut p = 0;
+            topic.partition_data.retain(|_| {
+                let keep = !answered.contains(&(t, p));
+                p += 1;
+                keep
+            });
         }
         if !changed {
             return Ok(ProduceAction::Forward);
