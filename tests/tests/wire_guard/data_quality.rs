@@ -408,6 +408,14 @@ async fn exact_accounting_with(
         "{client_name} {compression}: {result}"
     );
     assert_eq!(result["delivered"], json!(n), "{result}");
+    if cut_connections {
+        // The cuts must really have happened (ss -K needs CAP_NET_ADMIN): the producer came
+        // back on new connections, and wire-guard saw its connections end mid-stream.
+        let metrics = proxy.metrics().await?;
+        let accepted = metric(&metrics, "wire_guard_connections_total{");
+        eprintln!("connections accepted while cutting: {accepted}");
+        assert!(accepted >= 4.0, "connections were not cut: {metrics}");
+    }
     let bad = n / 5;
     let good = read_topic(&bootstrap, &topic, n - bad).await?;
     let dead = read_topic(&bootstrap, &dlq, bad).await?;
