@@ -26,7 +26,7 @@ use aes_gcm::{
 use async_trait::async_trait;
 use base64::Engine;
 use bytes::Bytes;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::{DATA_KEY_LEN, DataKey, EncryptionContext, KeyRef, Kms, KmsError, Operation};
 
@@ -93,7 +93,7 @@ impl LocalKeyring {
 
     /// Parses a keyring document; every bad entry is listed in the one error.
     pub fn parse(text: &str) -> Result<LocalKeyring, KmsError> {
-        let file: KeyringFile = serde_saphyr::from_str(text)
+        let mut file: KeyringFile = serde_saphyr::from_str(text)
             .map_err(|e| KmsError::Misconfigured(format!("not a keyring document: {e}")))?;
         let mut keys = HashMap::new();
         let mut problems = Vec::new();
@@ -119,6 +119,8 @@ impl LocalKeyring {
                 )),
             }
         }
+        // The base64 text is the key material too.
+        file.keys.values_mut().for_each(Zeroize::zeroize);
         if !problems.is_empty() {
             problems.sort();
             return Err(KmsError::Misconfigured(problems.join("; ")));
