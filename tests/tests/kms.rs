@@ -10,23 +10,32 @@ fn registry() -> Registry {
     Registry::new_custom(Some("wire_guard".into()), None).expect("registry")
 }
 
-fn counter(registry: &Registry, operation: &str, outcome: &str) -> u64 {
+/// The value of a counter with the given labels.
+fn value(registry: &Registry, name: &str, labels: [(&str, &str); 2]) -> u64 {
     registry
         .gather()
         .iter()
-        .filter(|family| family.name() == "wire_guard_kms_requests_total")
+        .filter(|family| family.name() == name)
         .flat_map(|family| family.get_metric().to_vec())
         .filter(|metric| {
-            let labels = metric.get_label();
-            labels
-                .iter()
-                .any(|l| l.name() == "operation" && l.value() == operation)
-                && labels
+            labels.iter().all(|(name, value)| {
+                metric
+                    .get_label()
                     .iter()
-                    .any(|l| l.name() == "outcome" && l.value() == outcome)
+                    .any(|l| l.name() == *name && l.value() == *value)
+            })
         })
         .map(|metric| metric.get_counter().get_value() as u64)
         .sum()
+}
+
+/// Calls that reached the KMS.
+fn counter(registry: &Registry, operation: &str, outcome: &str) -> u64 {
+    value(
+        registry,
+        "wire_guard_kms_requests_total",
+        [("operation", operation), ("outcome", outcome)],
+    )
 }
 
 async fn stack(moto: &Moto, retry: RetryConfig, registry: &Registry) -> Arc<dyn Kms> {
@@ -82,6 +91,15 @@ async fn data_keys_round_trip_through_aws_kms() -> anyhow::Result<()> {
         "the producer never needs to unwrap its own keys"
     );
     assert_eq!(counter(&consumer_metrics, "decrypt", "ok"), 3);
+    let cache = |cache: &str, result: &str| {
+        value(
+            &producer_metrics,
+            "wire_guard_kms_cache_total",
+            [("cache", cache), ("result", result)],
+        )
+    };
+    assert_eq!(cache("generated", "miss"), 3);
+    assert_eq!(cache("generated", "hit"), 300);
     Ok(())
 }
 

@@ -14,7 +14,8 @@
 //!   encrypted decrypt without a KMS call.
 //!
 //! Concurrent misses for the same entry wait for one KMS call (moka's `try_get_with`); errors
-//! are not cached.
+//! are not cached. `kms_cache_total{cache,result}` counts hits and misses of both caches; set
+//! against the records protected, it shows how close steady state is to no KMS traffic.
 
 use std::{
     sync::{
@@ -27,6 +28,7 @@ use std::{
 use async_trait::async_trait;
 use bytes::Bytes;
 use moka::future::Cache;
+use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use zeroize::Zeroizing;
 
 use super::{DATA_KEY_LEN, DataKey, EncryptionContext, KeyRef, Kms, KmsError};
@@ -90,10 +92,45 @@ struct Current {
 
 type DecryptKey = (KeyRef, Bytes, EncryptionContext);
 
+/// Hits and misses of the two caches. A caller that waited for another's KMS call counts as a
+/// hit: it caused no call.
+#[derive(Debug)]
+struct CacheCounts {
+    generated_hit: IntCounter,
+    generated_miss: IntCounter,
+    decrypted_hit: IntCounter,
+    decrypted_miss: IntCounter,
+}
+
+impl CacheCounts {
+    fn register(registry: &Registry) -> Result<CacheCounts, KmsError> {
+        let metric_error = |e: prometheus::Error| KmsError::Misconfigured(format!("metrics: {e}"));
+        let counts = IntCounterVec::new(
+            Opts::new(
+                "kms_cache_total",
+                "Data-key lookups by cache (generated, decrypted) and result (hit, miss: a KMS call)",
+            ),
+            &["cache", "result"],
+        )
+        .map_err(metric_error)?;
+        registry
+            .register(Box::new(counts.clone()))
+            .map_err(metric_error)?;
+        Ok(CacheCounts {
+            generated_hit: counts.with_label_values(&["generated", "hit"]),
+            generated_miss: counts.with_label_values(&["generated", "miss"]),
+            decrypted_hit: counts.with_label_values(&["decrypted", "hit"]),
+            decrypted_miss: counts.with_label_values(&["decrypted", "miss"]),
+        })
+    }
+}
+
 /// Caches generated and unwrapped data keys in front of `inner`.
 pub struct CachingKms {
     inner: Arc<dyn Kms>,
     max_uses: u64,
+    /// Lookups by cache and result, resolved per label up front.
+    counts: CacheCounts,
     generated: Cache<(KeyRef, EncryptionContext), Arc<Current>>,
     decrypted: Cache<DecryptKey, Arc<Zeroizing<[u8; DATA_KEY_LEN]>>>,
 }
@@ -114,10 +151,16 @@ impl std::fmt::Debug for CachingKms {
 const EXHAUSTED_RETRIES: usize = 3;
 
 impl CachingKms {
-    pub fn new(inner: Arc<dyn Kms>, config: &CacheConfig) -> CachingKms {
-        CachingKms {
+    /// Registers `kms_cache_total` on `registry`.
+    pub fn new(
+        inner: Arc<dyn Kms>,
+        config: &CacheConfig,
+        registry: &Registry,
+    ) -> Result<CachingKms, KmsError> {
+        Ok(CachingKms {
             inner,
             max_uses: config.max_uses.max(1),
+            counts: CacheCounts::register(registry)?,
             generated: Cache::builder()
                 .max_capacity(config.max_generated)
                 .time_to_live(Duration::from_secs(config.max_age_secs))
@@ -126,7 +169,7 @@ impl CachingKms {
                 .max_capacity(config.max_decrypted)
                 .time_to_live(Duration::from_secs(config.decrypted_ttl_secs))
                 .build(),
-        }
+        })
     }
 
     async fn remember_unwrapped(&self, key: &KeyRef, context: &EncryptionContext, data: &DataKey) {
@@ -148,9 +191,11 @@ impl Kms for CachingKms {
     ) -> Result<DataKey, KmsError> {
         let cache_key = (key.clone(), context.clone());
         for _ in 0..EXHAUSTED_RETRIES {
+            let mut missed = false;
             let current = self
                 .generated
                 .try_get_with(cache_key.clone(), async {
+                    missed = true;
                     let fresh = self.inner.generate_data_key(key, context).await?;
                     self.remember_unwrapped(key, context, &fresh).await;
                     Ok::<_, KmsError>(Arc::new(Current {
@@ -160,11 +205,17 @@ impl Kms for CachingKms {
                 })
                 .await
                 .map_err(|e: Arc<KmsError>| (*e).clone())?;
+            if missed {
+                self.counts.generated_miss.inc();
+            } else {
+                self.counts.generated_hit.inc();
+            }
             if current.uses.fetch_add(1, Ordering::Relaxed) < self.max_uses {
                 return Ok(current.key.clone());
             }
             self.generated.invalidate(&cache_key).await;
         }
+        self.counts.generated_miss.inc();
         let fresh = self.inner.generate_data_key(key, context).await?;
         self.remember_unwrapped(key, context, &fresh).await;
         Ok(fresh)
@@ -181,17 +232,24 @@ impl Kms for CachingKms {
             Bytes::copy_from_slice(wrapped),
             context.clone(),
         );
+        let mut missed = false;
         let plaintext = self
             .decrypted
             .try_get_with(cache_key, async {
+                missed = true;
                 self.inner
                     .decrypt_data_key(key, wrapped, context)
                     .await
                     .map(Arc::new)
             })
             .await
-            .map_err(|e: Arc<KmsError>| (*e).clone())?;
-        Ok((*plaintext).clone())
+            .map_err(|e: Arc<KmsError>| (*e).clone());
+        if missed {
+            self.counts.decrypted_miss.inc();
+        } else {
+            self.counts.decrypted_hit.inc();
+        }
+        Ok((*plaintext?).clone())
     }
 }
 
@@ -277,7 +335,8 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_data_key_serves_at_most_max_uses() {
         let fake = Arc::new(FakeKms::default());
-        let cache = CachingKms::new(fake.clone(), &config(3, 3_600));
+        let cache =
+            CachingKms::new(fake.clone(), &config(3, 3_600), &Registry::new()).expect("cache");
         let mut keys = Vec::new();
         for _ in 0..7 {
             let k = cache
@@ -296,7 +355,8 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn contexts_get_their_own_keys() {
         let fake = Arc::new(FakeKms::default());
-        let cache = CachingKms::new(fake.clone(), &config(1_000, 3_600));
+        let cache =
+            CachingKms::new(fake.clone(), &config(1_000, 3_600), &Registry::new()).expect("cache");
         let a = cache.generate_data_key(&key(), &context("a")).await;
         let b = cache.generate_data_key(&key(), &context("b")).await;
         assert_ne!(a.expect("a").wrapped, b.expect("b").wrapped);
@@ -306,7 +366,8 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_data_key_expires_after_max_age() {
         let fake = Arc::new(FakeKms::default());
-        let cache = CachingKms::new(fake.clone(), &config(1_000, 1));
+        let cache =
+            CachingKms::new(fake.clone(), &config(1_000, 1), &Registry::new()).expect("cache");
         let first = cache.generate_data_key(&key(), &context("t")).await;
         let again = cache.generate_data_key(&key(), &context("t")).await;
         assert_eq!(first.expect("first").wrapped, again.expect("again").wrapped);
@@ -322,7 +383,8 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn steady_state_makes_one_call_per_thousand_records() {
         let fake = Arc::new(FakeKms::default());
-        let cache = CachingKms::new(fake.clone(), &CacheConfig::default());
+        let cache = CachingKms::new(fake.clone(), &CacheConfig::default(), &Registry::new())
+            .expect("cache");
         for _ in 0..5_000 {
             let k = cache
                 .generate_data_key(&key(), &context("t"))
@@ -339,12 +401,17 @@ pub(crate) mod tests {
             0,
             "keys this cache generated unwrap without a KMS call"
         );
+        assert_eq!(cache.counts.generated_miss.get(), 1);
+        assert_eq!(cache.counts.generated_hit.get(), 4_999);
+        assert_eq!(cache.counts.decrypted_hit.get(), 5_000);
+        assert_eq!(cache.counts.decrypted_miss.get(), 0);
     }
 
     #[tokio::test]
     async fn unwrapped_keys_are_cached_per_context_and_errors_are_not() {
         let fake = Arc::new(FakeKms::default());
-        let cache = CachingKms::new(fake.clone(), &CacheConfig::default());
+        let cache = CachingKms::new(fake.clone(), &CacheConfig::default(), &Registry::new())
+            .expect("cache");
         for _ in 0..3 {
             cache
                 .decrypt_data_key(&key(), b"w1", &context("t"))
@@ -360,5 +427,7 @@ pub(crate) mod tests {
             assert!(matches!(err, KmsError::Refused { .. }));
         }
         assert_eq!(fake.decrypted.load(Ordering::SeqCst), 3);
+        assert_eq!(cache.counts.decrypted_hit.get(), 2);
+        assert_eq!(cache.counts.decrypted_miss.get(), 3);
     }
 }

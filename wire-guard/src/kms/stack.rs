@@ -119,7 +119,11 @@ pub fn wrap(
 ) -> Result<Arc<dyn Kms>, KmsError> {
     let instrumented: Arc<dyn Kms> = Arc::new(InstrumentedKms::new(backend, registry)?);
     let retrying: Arc<dyn Kms> = Arc::new(RetryingKms::new(instrumented, config.retry.clone()));
-    Ok(Arc::new(CachingKms::new(retrying, &config.cache)))
+    Ok(Arc::new(CachingKms::new(
+        retrying,
+        &config.cache,
+        registry,
+    )?))
 }
 
 #[cfg(test)]
