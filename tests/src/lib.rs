@@ -15,6 +15,7 @@
 //!   hand-built Confluent-framed payloads, and records read back with a real client.
 //! - [`proxy`]: wire-guard in-process or as its binary, on ports picked for the test.
 //! - [`oidc`]: the OAuth2/OIDC mock provider issuing client_credentials tokens.
+//! - [`kms`]: moto's AWS KMS emulator, with keys and aliases created through the SDK.
 //!
 //! Tests start their own proxies (and Tansu brokers) on ports they picked and use topics of their
 //! own on the shared Kafka broker, so they run in parallel.
@@ -22,6 +23,7 @@
 pub mod broker;
 pub mod certs;
 pub mod client;
+pub mod kms;
 pub mod oidc;
 pub mod proxy;
 pub mod raw;

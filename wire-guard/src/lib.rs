@@ -25,7 +25,10 @@
 //! 4. [`limits`] bounds what any one peer can cost: connection caps (global and per IP), the
 //!    timeouts on clients and brokers, and the byte budget for frames (and decompressed
 //!    records) held whole.
-//! 5. [`metrics`] counts connections, requests, bytes, upstream latency and record outcomes;
+//! 5. [`kms`] supplies the data keys field protection encrypts with: a [`kms::Kms`] trait with
+//!    AWS KMS and a local keyring behind it, wrapped in cache, retry and metrics decorators of
+//!    the same trait.
+//! 6. [`metrics`] counts connections, requests, bytes, upstream latency and record outcomes;
 //!    [`cli`] and [`config`] turn flags, environment and an optional YAML file into a
 //!    [`Config`].
 
@@ -40,6 +43,7 @@ pub mod error;
 pub mod frame;
 pub mod header;
 pub mod inflight;
+pub mod kms;
 pub mod limits;
 pub mod login;
 pub mod metrics;
