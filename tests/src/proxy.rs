@@ -119,7 +119,25 @@ pub struct Process {
 }
 
 impl Process {
+    /// Starts the binary on ports picked for it. A port picked as free can be taken by another
+    /// test before the proxy binds it, and the proxy then exits at startup; that start is
+    /// retried on new ports, so a test never talks to a proxy that already gave up.
     pub async fn start(
+        upstream: &Endpoint,
+        extra: &[&str],
+        log_dir: &Path,
+    ) -> anyhow::Result<Self> {
+        let mut last = None;
+        for _ in 0..3 {
+            match Self::start_once(upstream, extra, log_dir).await {
+                Ok(process) => return Ok(process),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("wire-guard did not start")))
+    }
+
+    async fn start_once(
         upstream: &Endpoint,
         extra: &[&str],
         log_dir: &Path,
@@ -148,13 +166,22 @@ impl Process {
             name: "wire-guard",
             child,
         };
-        wait_for_port(addr, Duration::from_secs(20)).await?;
-        Ok(Self {
+        let mut process = Self {
             addr,
             log,
             child: guard,
             admin,
-        })
+        };
+        // The admin endpoint is bound after the bootstrap listener: once it answers, startup
+        // is past every bind.
+        wait_for_port(addr, Duration::from_secs(20)).await?;
+        wait_for_port(admin, Duration::from_secs(20)).await?;
+        anyhow::ensure!(
+            process.is_running(),
+            "wire-guard exited at startup: {}",
+            std::fs::read_to_string(&process.log).unwrap_or_default()
+        );
+        Ok(process)
     }
 
     pub fn bootstrap(&self) -> String {
