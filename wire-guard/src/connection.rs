@@ -389,14 +389,7 @@ impl Conn<'_> {
                 produce: policy.as_ref().is_some_and(|p| !p.topics.is_empty()),
             };
             let request = if sasl {
-                let held = self.hold(&head, Side::Client).await?;
-                let frame = within(
-                    limits.frame_timeout,
-                    Side::Client,
-                    "did not finish a request",
-                    head.complete(&mut client),
-                )
-                .await??;
+                let (frame, held) = self.read_whole(head, &mut client).await?;
                 let mut state = self.sasl();
                 if key == Some(ApiKey::SaslHandshake) {
                     state.on_handshake(frame.payload(), version)?;
@@ -406,14 +399,7 @@ impl Conn<'_> {
                 }
                 Request::Whole(frame, held)
             } else if key == Some(ApiKey::Produce) && table.request_whole(key) {
-                let held = self.hold(&head, Side::Client).await?;
-                let frame = within(
-                    limits.frame_timeout,
-                    Side::Client,
-                    "did not finish a request",
-                    head.complete(&mut client),
-                )
-                .await??;
+                let (frame, held) = self.read_whole(head, &mut client).await?;
                 match self.check_produce(&frame, version, policy.clone()).await? {
                     ProduceAction::Forward => Request::Whole(frame, held),
                     ProduceAction::ForwardChanged { request, local } => {
@@ -505,6 +491,24 @@ impl Conn<'_> {
         })
         .await
         .map_err(|e| Error::Panic(format!("record check: {e}")))?
+    }
+
+    /// Reads the rest of a client request whose head has been read, once the buffer budget
+    /// has room for all of it.
+    async fn read_whole(
+        &self,
+        head: frame::Head,
+        client: &mut BufReader<ReadHalf<BoxStream>>,
+    ) -> Result<(Frame, Reservation), Error> {
+        let held = self.hold(&head, Side::Client).await?;
+        let frame = within(
+            self.server.config.limits.frame_timeout,
+            Side::Client,
+            "did not finish a request",
+            head.complete(client),
+        )
+        .await??;
+        Ok((frame, held))
     }
 
     /// Room in the buffer budget for the whole of `head`'s frame.
