@@ -394,24 +394,26 @@ impl DeadLetters {
             .or_default()
             .clone();
         let mut conn = slot.lock().await;
-        if conn.is_none() {
-            let stream = self
-                .connector
-                .connect(addr)
-                .await
-                .map_err(|e| e.to_string())?;
-            let mut own = OwnConn {
-                stream: BufReader::new(stream),
-                next_correlation: 0,
-            };
-            if let Some(login) = &self.login {
-                tokio::time::timeout(self.deadline, own.log_in(login))
+        let own = match conn.as_mut() {
+            Some(own) => own,
+            None => {
+                let stream = self
+                    .connector
+                    .connect(addr)
                     .await
-                    .map_err(|_| format!("SASL login to {addr} timed out"))??;
+                    .map_err(|e| e.to_string())?;
+                let mut own = OwnConn {
+                    stream: BufReader::new(stream),
+                    next_correlation: 0,
+                };
+                if let Some(login) = &self.login {
+                    tokio::time::timeout(self.deadline, own.log_in(login))
+                        .await
+                        .map_err(|_| format!("SASL login to {addr} timed out"))??;
+                }
+                conn.insert(own)
             }
-            *conn = Some(own);
-        }
-        let own = conn.as_mut().expect("connected above");
+        };
         let result = tokio::time::timeout(self.deadline, own.call(key, version, request))
             .await
             .map_err(|_| format!("{key:?} to {addr} timed out"))

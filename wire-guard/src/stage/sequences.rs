@@ -88,23 +88,23 @@ impl Sequences {
             recent: VecDeque::new(),
             used: now,
         };
-        let state = match map.get_mut(key) {
-            Some(state) if state.epoch == epoch => state,
+        let identity = Translation {
+            upstream_base: client_base,
+            retry: false,
+        };
+        if map.get(key).is_none_or(|s| s.epoch != epoch) {
             // A new epoch restarts sequences at zero: nothing carries over.
-            _ if records == kept => {
+            if records == kept {
                 map.remove(key);
-                return Translation {
-                    upstream_base: client_base,
-                    retry: false,
-                };
+                return identity;
             }
-            _ => {
-                if map.len() >= MAX_TRACKED {
-                    evict(&mut map, now);
-                }
-                map.insert(key.clone(), fresh(client_base));
-                map.get_mut(key).expect("just inserted")
+            if map.len() >= MAX_TRACKED {
+                evict(&mut map, now);
             }
+            map.insert(key.clone(), fresh(client_base));
+        }
+        let Some(state) = map.get_mut(key) else {
+            return identity;
         };
         state.used = now;
         if let Some(seen) = state
