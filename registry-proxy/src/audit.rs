@@ -530,12 +530,17 @@ mod tests {
         );
     }
 
-    /// A sink whose writes block until released, like a pipe nobody reads.
-    struct Stalled(std::sync::mpsc::Receiver<()>);
+    /// A sink whose writes block until released, like a pipe nobody reads. It says when a
+    /// write has begun, so a test knows the writer holds exactly one batch.
+    struct Stalled {
+        release: std::sync::mpsc::Receiver<()>,
+        entered: std::sync::mpsc::Sender<()>,
+    }
 
     impl Write for Stalled {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            let _ = self.0.recv();
+            let _ = self.entered.send(());
+            let _ = self.release.recv();
             Ok(buf.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -547,11 +552,15 @@ mod tests {
     async fn a_stalled_sink_holds_at_most_the_queue_then_refuses_or_drops() {
         for on_failure in [OnAuditFailure::Refuse, OnAuditFailure::Serve] {
             let (release, stalled) = std::sync::mpsc::channel();
+            let (entered_tx, entered) = std::sync::mpsc::channel();
             let health = Arc::new(Health::default());
             health.set_serving(true);
             let metrics = Metrics::new();
             let (audit, writer) = Audit::with_writer(
-                Box::new(Stalled(stalled)),
+                Box::new(Stalled {
+                    release: stalled,
+                    entered: entered_tx,
+                }),
                 on_failure,
                 8,
                 health.clone(),
@@ -559,8 +568,11 @@ mod tests {
             )
             .unwrap();
             // The writer takes one record and blocks on it; eight more fill the queue.
-            let mut admitted = 0;
-            for i in 0..100 {
+            let first = audit.admit().expect("an empty queue admits");
+            audit.write(first, &record("first"));
+            entered.recv().expect("the writer reaches the sink");
+            let mut admitted = 1;
+            for i in 1..100 {
                 match audit.admit() {
                     Ok(slot) => {
                         admitted += 1;
@@ -571,11 +583,10 @@ mod tests {
                         break;
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(1)).await;
             }
             match on_failure {
                 OnAuditFailure::Refuse => {
-                    assert!(admitted <= 9, "{admitted} requests admitted");
+                    assert_eq!(admitted, 9, "one record in the sink, eight queued");
                     assert!(!health.is_ready(), "a full queue is not ready");
                 }
                 OnAuditFailure::Serve => {
@@ -587,8 +598,7 @@ mod tests {
                     assert!(health.is_ready(), "serve mode stays ready");
                 }
             }
-            // The writer thread may take one more record off the queue after the loop.
-            assert!(audit.tx.capacity() <= 1, "the queue is at its bound");
+            assert_eq!(audit.tx.capacity(), 0, "the queue is at its bound");
             drop(audit);
             drop(release);
             writer.await.unwrap();
