@@ -303,7 +303,7 @@ mod tests {
     fn schemas(addr: SocketAddr) -> (Schemas, prometheus::Registry) {
         let registry = prometheus::Registry::new_custom(Some("wire_guard".into()), None).unwrap();
         let mut config = RegistryConfig::new(format!("http://{addr}/"));
-        config.negative_ttl = Duration::from_millis(300);
+        config.negative_ttl = Duration::from_millis(1_500);
         (Schemas::new(config, &registry).unwrap(), registry)
     }
 
@@ -375,7 +375,7 @@ mod tests {
             counter(&registry, "wire_guard_schema_cache_total", "negative_hit"),
             1.0
         );
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        tokio::time::sleep(Duration::from_millis(1_700)).await;
         assert_eq!(schemas.get(2).await.unwrap_err(), Lookup::NotFound);
         assert_eq!(stub.count("/schemas/ids/2"), 2);
         // A 404 without Confluent's error code is a wrong URL, not a missing schema.
