@@ -128,7 +128,16 @@ async fn connection_caps_refuse_the_excess_per_ip_and_in_total() -> anyhow::Resu
     let logs = tempfile::tempdir()?;
     let mut proxy = Process::start(
         &broker::shared().endpoint(),
-        &["--max-connections", "45", "--max-connections-per-ip", "20"],
+        // Held connections send nothing: keep them past the first-request timeout, however
+        // slowly a busy machine gets through opening them.
+        &[
+            "--max-connections",
+            "45",
+            "--max-connections-per-ip",
+            "20",
+            "--first-request-timeout-secs",
+            "300",
+        ],
         logs.path(),
     )
     .await?;
