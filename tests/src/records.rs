@@ -229,14 +229,20 @@ impl Got {
 /// Reads `topic` from the beginning with the confluent client, directly from the broker,
 /// expecting `expect` records (and waiting briefly for any beyond them).
 pub async fn read_topic(bootstrap: &str, topic: &str, expect: usize) -> anyhow::Result<Vec<Got>> {
+    read_topic_with(bootstrap, topic, expect, &[]).await
+}
+
+/// [`read_topic`] with more client arguments, such as a SASL login.
+pub async fn read_topic_with(
+    bootstrap: &str,
+    topic: &str,
+    expect: usize,
+    extra: &[&str],
+) -> anyhow::Result<Vec<Got>> {
     let expect = expect.to_string();
-    let result = client::scenario(
-        "confluent",
-        bootstrap,
-        "consume-all",
-        &["--topic", topic, "--expect", &expect],
-    )
-    .await?;
+    let mut args = vec!["--topic", topic, "--expect", &expect];
+    args.extend_from_slice(extra);
+    let result = client::scenario("confluent", bootstrap, "consume-all", &args).await?;
     let records = result["records"].as_array().cloned().unwrap_or_default();
     Ok(records
         .iter()

@@ -70,7 +70,7 @@ async fn data_keys_round_trip_through_aws_kms() -> anyhow::Result<()> {
         (format!("aws-kms:{key_id}"), "$.card.cvc"),
         (format!("aws-kms:{arn}"), "$.customer.email"),
     ] {
-        let key: KeyRef = reference.parse()?;
+        let key: KeyRef = reference.parse().map_err(anyhow::Error::msg)?;
         let data_key = producer.generate_data_key(&key, &context(field)).await?;
         assert_ne!(*data_key.plaintext, [0; kms::DATA_KEY_LEN]);
         assert!(!data_key.wrapped.is_empty());
@@ -108,7 +108,7 @@ async fn a_wrong_context_is_refused_without_retrying() -> anyhow::Result<()> {
     integration_tests::stack::init_test_logging();
     let moto = Moto::start().await?;
     moto.create_key("alias/orders").await?;
-    let key: KeyRef = "aws-kms:alias/orders".parse()?;
+    let key: KeyRef = "aws-kms:alias/orders".parse().map_err(anyhow::Error::msg)?;
     let producer = stack(&moto, RetryConfig::default(), &registry()).await;
     let data_key = producer
         .generate_data_key(&key, &context("$.card.number"))
@@ -134,7 +134,12 @@ async fn a_wrong_context_is_refused_without_retrying() -> anyhow::Result<()> {
     assert!(!err.is_retriable(), "{err}");
 
     let err = consumer
-        .generate_data_key(&"aws-kms:alias/missing".parse()?, &context("$.x"))
+        .generate_data_key(
+            &"aws-kms:alias/missing"
+                .parse()
+                .map_err(anyhow::Error::msg)?,
+            &context("$.x"),
+        )
         .await
         .expect_err("no such alias");
     assert!(matches!(err, KmsError::NotFound { .. }), "{err}");
@@ -147,7 +152,7 @@ async fn an_unreachable_kms_is_retried_then_reported_as_unavailable() -> anyhow:
     integration_tests::stack::init_test_logging();
     let mut moto = Moto::start().await?;
     moto.create_key("alias/audit").await?;
-    let key: KeyRef = "aws-kms:alias/audit".parse()?;
+    let key: KeyRef = "aws-kms:alias/audit".parse().map_err(anyhow::Error::msg)?;
     let metrics = registry();
     let retry = RetryConfig {
         max_attempts: 3,

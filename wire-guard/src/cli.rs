@@ -154,6 +154,18 @@ pub struct Args {
     /// [default: 67108864]; beyond it the partition is refused RECORD_LIST_TOO_LARGE.
     #[arg(long, env = "WIRE_GUARD_MAX_DECOMPRESSED_BYTES")]
     pub max_decompressed_bytes: Option<usize>,
+    /// Local keyring file serving `local:` keys to field protection (mode 600; see
+    /// docs/field-protection.md). The cache and retry bounds are set in the config file's
+    /// `kms:` section.
+    #[arg(long, env = "WIRE_GUARD_KMS_LOCAL_KEYRING")]
+    pub kms_local_keyring: Option<PathBuf>,
+    /// AWS region of the `aws-kms:` keys; without it the standard AWS chain decides.
+    #[arg(long, env = "WIRE_GUARD_KMS_AWS_REGION")]
+    pub kms_aws_region: Option<String>,
+    /// Another AWS KMS endpoint than the region's (a VPC endpoint, or an emulator); enables
+    /// `aws-kms:` keys like --kms-aws-region does.
+    #[arg(long, env = "WIRE_GUARD_KMS_AWS_ENDPOINT")]
+    pub kms_aws_endpoint: Option<String>,
     /// Log format: text or json.
     #[arg(long, env = "WIRE_GUARD_LOG_FORMAT", default_value = "text")]
     pub log_format: shared::telemetry::LogFormat,
@@ -196,6 +208,7 @@ struct FileConfig {
     dead_letter_sasl_username: Option<String>,
     dead_letter_sasl_password: Option<String>,
     max_decompressed_bytes: Option<usize>,
+    kms: Option<crate::kms::KmsConfig>,
 }
 
 /// A resolved command line: where to listen, and the configuration to run with.
@@ -459,6 +472,24 @@ impl Args {
         if let Some(bytes) = self.max_decompressed_bytes.or(file.max_decompressed_bytes) {
             config.max_decompressed_bytes = bytes.max(1);
         }
+        let mut kms = file.kms.clone();
+        if let Some(path) = &self.kms_local_keyring {
+            kms.get_or_insert_with(Default::default).local =
+                Some(crate::kms::LocalKeyringConfig { path: path.clone() });
+        }
+        if self.kms_aws_region.is_some() || self.kms_aws_endpoint.is_some() {
+            let aws = kms
+                .get_or_insert_with(Default::default)
+                .aws
+                .get_or_insert_with(Default::default);
+            if let Some(region) = &self.kms_aws_region {
+                aws.region = Some(region.clone());
+            }
+            if let Some(endpoint) = &self.kms_aws_endpoint {
+                aws.endpoint_url = Some(endpoint.clone());
+            }
+        }
+        config.kms = kms;
         Ok(Resolved { listen, config })
     }
 }

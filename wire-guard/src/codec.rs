@@ -30,6 +30,19 @@ pub fn decode_response<M: Decodable>(frame: &Frame, key: ApiKey, version: i16) -
 }
 
 /// Decodes a response, lets `edit` change it, and encodes it back with the same header.
+/// Decodes a response frame's header and body.
+pub fn decode_response_with_header<M: Decodable>(
+    frame: &Frame,
+    key: ApiKey,
+    version: i16,
+) -> Result<(ResponseHeader, M), Error> {
+    let mut buf: Bytes = frame.payload();
+    let header = ResponseHeader::decode(&mut buf, key.response_header_version(version))
+        .map_err(malformed(key, version))?;
+    let body = M::decode(&mut buf, version).map_err(malformed(key, version))?;
+    Ok((header, body))
+}
+
 pub fn transcode<M: Decodable + Encodable>(
     frame: &Frame,
     key: ApiKey,

@@ -387,7 +387,15 @@ impl Conn<'_> {
             let policy = self.server.policy.as_ref().map(|p| p.current());
             let table = DecodeTable {
                 produce: policy.as_ref().is_some_and(|p| !p.topics.is_empty()),
+                fetch: self.server.data_quality.is_some()
+                    && policy.as_ref().is_some_and(|p| p.topics.protects_fields()),
             };
+            if key == Some(ApiKey::Fetch)
+                && table.fetch
+                && let Some(policy) = &policy
+            {
+                reply = Reply::Reveal(policy.clone());
+            }
             let request = if sasl {
                 let (frame, held) = self.read_whole(head, &mut client).await?;
                 let mut state = self.sasl();
@@ -567,7 +575,7 @@ impl Conn<'_> {
                     unanswered_acks0.push(pending.correlation_id, self.outstanding);
                     continue;
                 }
-                Reply::Upstream | Reply::Merge(_) => loop {
+                Reply::Upstream | Reply::Merge(_) | Reply::Reveal(_) => loop {
                     // A broker that stops answering gets the connection closed, not waited on
                     // forever: the client sees a disconnect and retries, and nothing leaks.
                     let limit = limits.answer_within(pending.api_key);
@@ -599,7 +607,14 @@ impl Conn<'_> {
                             Reply::Merge(local) => Some(local),
                             _ => None,
                         };
-                        if merge.is_some() || stage::response_whole(pending.api_key) {
+                        let reveal = match &pending.reply {
+                            Reply::Reveal(policy) => Some(policy),
+                            _ => None,
+                        };
+                        if merge.is_some()
+                            || reveal.is_some()
+                            || stage::response_whole(pending.api_key)
+                        {
                             let _held = self.hold(&head, Side::Upstream).await?;
                             let frame = within(
                                 limits.frame_timeout,
@@ -608,9 +623,14 @@ impl Conn<'_> {
                                 head.complete(&mut upstream),
                             )
                             .await??;
-                            let out = match merge {
-                                Some(local) => merge_produce(&frame, pending.api_version, local)?,
-                                None => self.process_response(frame, &pending)?,
+                            let out = match (merge, reveal) {
+                                (Some(local), _) => {
+                                    merge_produce(&frame, pending.api_version, local)?
+                                }
+                                (None, Some(policy)) => {
+                                    self.reveal(&frame, pending.api_version, policy).await?
+                                }
+                                (None, None) => self.process_response(frame, &pending)?,
                             };
                             client
                                 .write_all(out.wire())
@@ -690,6 +710,42 @@ impl Conn<'_> {
         Ok(head)
     }
 
+    /// Reveals or masks the protected fields of a Fetch response for this connection's
+    /// principal. Runs as a task of its own, like the produce check, so the CPU and KMS work
+    /// is not tied to this connection's future.
+    async fn reveal(
+        &self,
+        frame: &Frame,
+        version: i16,
+        policy: &Arc<shared::policy::PolicySet>,
+    ) -> Result<Frame, Error> {
+        let reader = self
+            .sasl()
+            .principal
+            .as_deref()
+            .map(shared::principal::Principal::from_kafka);
+        let server = self.server.clone();
+        let frame = frame.clone();
+        let policy = policy.clone();
+        tokio::spawn(async move {
+            let Some(stage) = server.data_quality.as_ref() else {
+                return Ok(frame);
+            };
+            stage::reveal::on_fetch_response(
+                &frame,
+                version,
+                &policy.topics,
+                reader.as_ref(),
+                stage,
+                &server.topic_ids,
+                &server.metrics,
+            )
+            .await
+        })
+        .await
+        .map_err(|e| Error::Panic(format!("fetch reveal: {e}")))?
+    }
+
     /// Rewrites or watches the responses the decode table reads whole; every other frame is
     /// returned as received.
     fn process_response(&self, frame: Frame, p: &InFlight) -> Result<Frame, Error> {
@@ -716,6 +772,7 @@ impl Conn<'_> {
                 })
             }
             ApiKey::Metadata => codec::transcode::<MetadataResponse>(&frame, key, version, |r| {
+                book.topic_ids.learn(r);
                 rewrite::metadata(r, book)
             }),
             ApiKey::FindCoordinator => {

@@ -44,6 +44,10 @@ pub enum Reply {
     /// A Produce whose other partitions the proxy answered: the broker's response is merged
     /// with these before it goes to the client.
     Merge(Vec<crate::stage::LocalPartition>),
+    /// A Fetch under a policy that protects fields: the broker's response is read whole and
+    /// its protected fields revealed or masked for the reader, under the policy in force when
+    /// the request was read.
+    Reveal(std::sync::Arc<shared::policy::PolicySet>),
 }
 
 /// The correlation ids of one connection that still await an answer, or that a broker might

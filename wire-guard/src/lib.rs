@@ -25,7 +25,10 @@
 //! 4. [`limits`] bounds what any one peer can cost: connection caps (global and per IP), the
 //!    timeouts on clients and brokers, and the byte budget for frames (and decompressed
 //!    records) held whole.
-//! 5. [`kms`] supplies the data keys field protection encrypts with: a [`kms::Kms`] trait with
+//! 5. [`protect`] encrypts, tokenizes and masks the fields a rule names in the records that go
+//!    upstream (after [`stage::data_quality`]), and reveals or masks them in Fetch responses
+//!    for the reading principal ([`stage::reveal`], with [`topic_ids`] naming topics that
+//!    newer Fetch versions send by id). [`kms`] supplies its keys: a [`kms::Kms`] trait with
 //!    AWS KMS and a local keyring behind it, wrapped in cache, retry and metrics decorators of
 //!    the same trait.
 //! 6. [`metrics`] counts connections, requests, bytes, upstream latency and record outcomes;
@@ -47,12 +50,14 @@ pub mod kms;
 pub mod limits;
 pub mod login;
 pub mod metrics;
+pub mod protect;
 pub mod records;
 pub mod rewrite;
 pub mod sasl;
 pub mod schema;
 pub mod server;
 pub mod stage;
+pub mod topic_ids;
 pub mod upstream;
 pub mod versions;
 

@@ -26,6 +26,9 @@ pub struct Metrics {
     /// Records on governed topics, by topic, rule and outcome (valid, rejected, dead_lettered,
     /// audited, retried).
     pub records: IntCounterVec,
+    /// Protected fields, by topic, field path, action and outcome (protected, revealed,
+    /// masked, plaintext_found, unreadable).
+    pub fields: IntCounterVec,
     per_api: HashMap<i16, PerApi>,
     unknown_api: PerApi,
 }
@@ -87,6 +90,14 @@ impl Metrics {
             &["topic", "rule", "outcome"],
         )?;
         registry.register(Box::new(records.clone()))?;
+        let fields = IntCounterVec::new(
+            Opts::new(
+                "fields_total",
+                "Protected fields on produce and fetch, by topic, field path, action and outcome",
+            ),
+            &["topic", "field", "action", "outcome"],
+        )?;
+        registry.register(Box::new(fields.clone()))?;
         registry.register(Box::new(connections_total.clone()))?;
         registry.register(Box::new(connections_active.clone()))?;
         registry.register(Box::new(connection_errors.clone()))?;
@@ -116,6 +127,7 @@ impl Metrics {
             bytes_from_clients: bytes.with_label_values(&["client_to_upstream"]),
             bytes_from_upstream: bytes.with_label_values(&["upstream_to_client"]),
             records,
+            fields,
             per_api,
             unknown_api: per("unknown"),
         })
@@ -134,6 +146,14 @@ impl Metrics {
             self.records
                 .with_label_values(&[topic, rule, outcome])
                 .inc_by(count as u64);
+        }
+    }
+
+    pub fn field_outcome(&self, topic: &str, field: &str, action: &str, outcome: &str, count: u64) {
+        if count > 0 {
+            self.fields
+                .with_label_values(&[topic, field, action, outcome])
+                .inc_by(count);
         }
     }
 

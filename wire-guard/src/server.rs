@@ -69,6 +69,8 @@ pub struct Server {
     pub policy: Option<Arc<PolicyStore>>,
     /// The data-quality stage, present when a schema registry is configured.
     pub data_quality: Option<DataQuality>,
+    /// Topic names by id, for Fetch versions that name topics only by id.
+    pub topic_ids: crate::topic_ids::TopicIds,
 }
 
 impl AddressBook for Arc<Server> {
@@ -296,10 +298,22 @@ pub async fn run(
         metrics.buffered_bytes.clone(),
     );
     let connector = Connector::new(upstream_tls, config.connect_timeout);
+    let kms = match &config.kms {
+        Some(kms_config) => Some(
+            crate::kms::build(kms_config, &metrics.registry)
+                .await
+                .map_err(|e| Error::Config(format!("kms: {e}")))?,
+        ),
+        None => None,
+    };
     let data_quality = match &config.schema_registry {
         Some(registry) => Some(DataQuality {
             schemas: Schemas::new(registry.clone(), &metrics.registry)
                 .map_err(|e| Error::Config(format!("schema registry: {e}")))?,
+            protection: crate::protect::Protection {
+                kms,
+                max_decompressed: config.max_decompressed_bytes,
+            },
             dead_letters: DeadLetters::new(
                 connector.clone(),
                 config.upstreams.clone(),
@@ -312,6 +326,18 @@ pub async fn run(
         None => None,
     };
     if let Some(store) = &policy {
+        let problems = crate::protect::check_policy(
+            &store.current().topics,
+            config.kms.as_ref(),
+            data_quality.as_ref().map(|d| &d.schemas),
+        )
+        .await;
+        if !problems.is_empty() {
+            return Err(Error::Config(format!(
+                "field protection cannot work as the policies say:\n  {}",
+                problems.join("\n  ")
+            )));
+        }
         store
             .clone()
             .spawn_poller(POLICY_POLL_INTERVAL, shutdown.clone());
@@ -320,6 +346,7 @@ pub async fn run(
         connector,
         policy,
         data_quality,
+        topic_ids: Default::default(),
         advertised_host: StrBytes::from_string(config.advertised_host.clone()),
         port_map: PortMap { base },
         bind_ip: local.ip(),

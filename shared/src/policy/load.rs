@@ -24,13 +24,14 @@ use serde_saphyr::Spanned;
 
 use super::{
     PolicyError, PolicySet,
+    fields::{FieldAction, FieldPath, FieldRule},
     registry::{Operation, RegistryPolicy, RegistryRule, SubjectPattern},
     topics::{
         OnInvalid, RecordRule, RegistryUnavailable, SubjectStrategy, TopicPattern, TopicPolicy,
         TopicRule, check_topic_name,
     },
 };
-use crate::{Error, principal::PrincipalPattern};
+use crate::{Error, keyref::KeyRef, principal::PrincipalPattern};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -74,6 +75,26 @@ struct TopicRuleDoc {
     key: Option<Spanned<RecordRuleDoc>>,
     #[serde(default)]
     value: Option<Spanned<RecordRuleDoc>>,
+    #[serde(default)]
+    fields: Option<SpannedDocs<FieldRuleDoc>>,
+}
+
+type SpannedDocs<T> = Spanned<Vec<Spanned<T>>>;
+
+/// One entry of a topic rule's `fields:` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FieldRuleDoc {
+    #[serde(default)]
+    path: Option<Spanned<String>>,
+    #[serde(default)]
+    action: Option<Spanned<String>>,
+    #[serde(default)]
+    key: Option<Spanned<String>>,
+    #[serde(default)]
+    reveal_to: Option<SpannedList>,
+    #[serde(default)]
+    keep_last: Option<Spanned<usize>>,
 }
 
 /// A topic rule's `key:` or `value:` as written.
@@ -464,6 +485,35 @@ fn topic_rule(
         .as_ref()
         .and_then(|r| record_rule(check, r, &topics));
 
+    let fields = match &doc.fields {
+        None => Vec::new(),
+        Some(list) => {
+            if doc.value.is_none() && !list.value.is_empty() {
+                check.push(
+                    at(list),
+                    format!("topic rule {name:?} protects fields but has no `value` rule"),
+                    "add value: { schema: required }: fields are found through the value's registered schema",
+                );
+            }
+            let mut out: Vec<FieldRule> = Vec::new();
+            for f in &list.value {
+                let Some(rule) = field_rule(check, f) else {
+                    continue;
+                };
+                if out.iter().any(|o| o.path == rule.path) {
+                    check.push(
+                        f.value.path.as_ref().and_then(at),
+                        format!("field {} is listed twice", rule.path),
+                        "keep one entry per field: a field gets exactly one action",
+                    );
+                } else {
+                    out.push(rule);
+                }
+            }
+            out
+        }
+    };
+
     let id = id.filter(|_| check.errors.len() == before)?;
     let place = doc
         .id
@@ -476,9 +526,115 @@ fn topic_rule(
             principals,
             key,
             value,
+            fields,
         },
         place,
     ))
+}
+
+/// Validates one entry of `fields:`; `None` when it has problems (they are in `check`).
+fn field_rule(check: &mut Checker<'_>, doc: &Spanned<FieldRuleDoc>) -> Option<FieldRule> {
+    let before = check.errors.len();
+    let f = &doc.value;
+    let path = match &f.path {
+        None => {
+            check.push(
+                at(doc),
+                "field entry has no `path`".into(),
+                "add path: \"$.FIELD\" naming the field from the top of the value",
+            );
+            None
+        }
+        Some(p) => match FieldPath::parse(&p.value) {
+            Ok(path) => Some(path),
+            Err((message, hint)) => {
+                check.push(at(p), message, &hint);
+                None
+            }
+        },
+    };
+    let shown = f.path.as_ref().map_or("", |p| p.value.as_str()).to_owned();
+    const ACTIONS: [&str; 3] = ["encrypt", "tokenize", "mask"];
+    let action = match &f.action {
+        None => {
+            check.push(
+                at(doc),
+                format!("field {shown} has no `action`"),
+                "add action: encrypt, tokenize or mask",
+            );
+            None
+        }
+        Some(a) => match a.value.as_str() {
+            "encrypt" => Some(FieldAction::Encrypt),
+            "tokenize" => Some(FieldAction::Tokenize),
+            "mask" => Some(FieldAction::Mask {
+                keep_last: f.keep_last.as_ref().map_or(0, |k| k.value),
+            }),
+            other => {
+                check.push(
+                    at(a),
+                    format!("unknown field action {other:?}"),
+                    &format!(
+                        "expected encrypt, tokenize or mask{}",
+                        suggestion(other, &ACTIONS)
+                    ),
+                );
+                None
+            }
+        },
+    };
+    if let (Some(k), Some(action)) = (&f.keep_last, action)
+        && !matches!(action, FieldAction::Mask { .. })
+    {
+        check.push(
+            at(k),
+            format!("field {shown}: keep_last applies only to action: mask"),
+            "remove keep_last, or use action: mask",
+        );
+    }
+    let key = match &f.key {
+        None => None,
+        Some(k) => match k.value.parse::<KeyRef>() {
+            Ok(key) => Some(key),
+            Err(e) => {
+                check.push(
+                    at(k),
+                    e,
+                    "name a key the wire-guard configuration's kms: section serves",
+                );
+                None
+            }
+        },
+    };
+    let reveal_to = f
+        .reveal_to
+        .as_ref()
+        .map(|list| check.principals(&list.value))
+        .unwrap_or_default();
+    match action {
+        Some(FieldAction::Encrypt | FieldAction::Tokenize) if f.key.is_none() => check.push(
+            at(doc),
+            format!("field {shown}: {} needs a `key`", action.map_or("", |a| a.as_str())),
+            "add key: aws-kms:alias/NAME or key: local:NAME",
+        ),
+        Some(FieldAction::Tokenize) if f.reveal_to.is_some() => check.push(
+            f.reveal_to.as_ref().and_then(at),
+            format!("field {shown}: a token cannot be revealed"),
+            "tokens are one-way; remove reveal_to, or use action: encrypt to let principals read the field",
+        ),
+        Some(FieldAction::Mask { .. }) if f.key.is_none() && f.reveal_to.is_some() => check.push(
+            f.reveal_to.as_ref().and_then(at),
+            format!("field {shown}: without a `key`, a masked field is masked before the broker and cannot be revealed"),
+            "add key: (the field is then stored encrypted and masked only for principals outside reveal_to), or remove reveal_to",
+        ),
+        _ => {}
+    }
+    (check.errors.len() == before).then_some(FieldRule {
+        path: path?,
+        action: action?,
+        key,
+        reveal_to,
+    })
 }
 
 /// Validates a `key:` or `value:` rule; `topics` are the rule's parsed `match` patterns, which
@@ -651,16 +807,10 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// Keys other documents use for features this version does not implement, with what to say.
-const NOT_AVAILABLE: &[(&str, &str)] = &[
-    (
-        "fields",
-        "field protection (encrypt, tokenize, mask) is not available in this version; remove `fields:`",
-    ),
-    (
-        "sign",
-        "record signing is not available in this version; remove `sign:`",
-    ),
-];
+const NOT_AVAILABLE: &[(&str, &str)] = &[(
+    "sign",
+    "record signing is not available in this version; remove `sign:`",
+)];
 
 fn yaml_error(file: &Path, e: &serde_saphyr::Error) -> PolicyError {
     let location = e.location().map(|l| (l.line(), l.column()));
@@ -775,7 +925,7 @@ mod tests {
         write(
             dir.path(),
             "payments.yaml",
-            "topics:\n  - id: p\n    match: [\"payments.*\"]\n    value: { schema: required }\n    fields:\n      - { path: \"$.card\", action: encrypt }\n",
+            "topics:\n  - id: p\n    match: [\"payments.*\"]\n    value: { schema: required }\n    sign: { key: \"local:signing\" }\n",
         );
         write(
             dir.path(),
@@ -789,11 +939,11 @@ mod tests {
         );
         let errors = errors_of(dir.path());
         assert_eq!(errors.len(), 3, "{errors:#?}");
-        let fields = errors.iter().find(|e| e.contains("payments.yaml")).unwrap();
+        let sign = errors.iter().find(|e| e.contains("payments.yaml")).unwrap();
         assert!(
-            fields.contains("payments.yaml:5:5: unknown field `fields`")
-                && fields.contains("field protection (encrypt, tokenize, mask) is not available in this version; remove `fields:`"),
-            "{fields}"
+            sign.contains("payments.yaml:5:5: unknown field `sign`")
+                && sign.contains("record signing is not available in this version; remove `sign:`"),
+            "{sign}"
         );
         assert!(
             errors
@@ -807,6 +957,92 @@ mod tests {
                 .any(|e| e.contains("record.yaml:7:") && e.contains("`onInvalid`")),
             "{errors:#?}"
         );
+    }
+
+    #[test]
+    fn field_rules_are_checked_with_every_mistake_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "fields.yaml",
+            r#"topics:
+  - id: good
+    match: [payments]
+    value: { schema: required }
+    fields:
+      - { path: "$.card.number", action: encrypt, key: "aws-kms:alias/payments", reveal_to: ["group:fraud"] }
+      - { path: "$.email", action: tokenize, key: "local:tokens" }
+      - { path: "$.phone", action: mask, keep_last: 4, key: "local:pii", reveal_to: ["user:support"] }
+      - { path: "$.note", action: mask }
+  - id: bad
+    match: [orders]
+    value: { schema: required }
+    fields:
+      - { path: "card.number", action: encrypt, key: "local:k" }
+      - { path: "$.a", action: encrpyt, key: "local:k" }
+      - { path: "$.b", action: encrypt }
+      - { path: "$.c", action: tokenize, key: "local:k", reveal_to: ["user:x"] }
+      - { path: "$.d", action: mask, reveal_to: ["user:x"] }
+      - { path: "$.e", action: encrypt, key: "vault:k" }
+      - { path: "$.f", action: encrypt, key: "local:k", keep_last: 2 }
+      - { path: "$.g", action: encrypt, key: "local:k" }
+      - { path: "$.g", action: mask }
+  - id: keyless
+    match: [clicks]
+    key: { schema: required }
+    fields:
+      - { path: "$.ip", action: mask }
+"#,
+        );
+        let errors = errors_of(dir.path());
+        let expect = [
+            ":14:",
+            "does not start with `$.`",
+            ":15:",
+            "did you mean \"encrypt\"",
+            ":16:",
+            "encrypt needs a `key`",
+            ":17:",
+            "a token cannot be revealed",
+            ":18:",
+            "cannot be revealed",
+            ":19:",
+            "unknown scheme \"vault\"",
+            ":20:",
+            "keep_last applies only to action: mask",
+            ":22:",
+            "field $.g is listed twice",
+            ":27:",
+            "protects fields but has no `value` rule",
+        ];
+        for pair in expect.chunks(2) {
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.contains(pair[0]) && e.contains(pair[1])),
+                "no error at {} saying {:?}: {errors:#?}",
+                pair[0],
+                pair[1]
+            );
+        }
+        assert_eq!(errors.len(), expect.len() / 2, "{errors:#?}");
+
+        let one = tempfile::tempdir().unwrap();
+        let good = r#"topics:
+  - id: good
+    match: [payments]
+    value: { schema: required }
+    fields:
+      - { path: "$.card.number", action: encrypt, key: "aws-kms:alias/payments", reveal_to: ["group:fraud"] }
+      - { path: "$.phone", action: mask, keep_last: 4, key: "local:pii", reveal_to: ["user:support"] }
+"#;
+        write(one.path(), "fields.yaml", good);
+        let set = load_dir(one.path()).expect("valid field rules load");
+        let rule = set.topics.protection_for("payments").expect("protected");
+        assert_eq!(rule.fields.len(), 2);
+        assert_eq!(rule.fields[1].action, FieldAction::Mask { keep_last: 4 });
+        assert!(rule.fields[0].stored_encrypted());
+        assert!(set.topics.protection_for("orders").is_none());
     }
 
     const TOPICS: &str = r#"topics:

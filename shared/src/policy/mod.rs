@@ -14,6 +14,7 @@
 //! - [`store`]: the policy in force, behind a `watch` channel, and a poller that reloads when
 //!   files change and keeps the old policy when the new one does not validate.
 
+pub mod fields;
 pub mod load;
 pub mod registry;
 pub mod store;
@@ -21,6 +22,7 @@ pub mod topics;
 
 use std::{fmt, path::PathBuf};
 
+pub use fields::{FieldAction, FieldPath, FieldRule};
 pub use load::{load_dir, parse_file};
 pub use registry::{Decision, Operation, RegistryPolicy, RegistryRule, SubjectPattern};
 pub use store::PolicyStore;

@@ -13,7 +13,7 @@
 
 use std::fmt;
 
-use super::registry::SubjectPattern;
+use super::{fields::FieldRule, registry::SubjectPattern};
 use crate::principal::{Principal, PrincipalPattern};
 
 /// The longest topic name Kafka accepts (`Topic.MAX_NAME_LENGTH`).
@@ -41,6 +41,20 @@ impl TopicPolicy {
     pub fn rule_for(&self, topic: &str, principal: Option<&Principal>) -> Option<&TopicRule> {
         self.rules.iter().find(|r| r.applies_to(topic, principal))
     }
+
+    /// Whether some rule protects fields, so that Fetch responses must be read.
+    pub fn protects_fields(&self) -> bool {
+        self.rules.iter().any(|r| !r.fields.is_empty())
+    }
+
+    /// The field rules a consumer of `topic` is served under: those of the first rule that
+    /// matches the topic and protects fields, whoever produced the records (a consumer cannot
+    /// know the producer, and records stored encrypted must be decrypted whoever reads them).
+    pub fn protection_for(&self, topic: &str) -> Option<&TopicRule> {
+        self.rules
+            .iter()
+            .find(|r| !r.fields.is_empty() && r.topics.iter().any(|t| t.matches(topic)))
+    }
 }
 
 /// One validated `topics:` rule.
@@ -59,6 +73,10 @@ pub struct TopicRule {
     /// What record values must look like; `None` leaves values unchecked. Validation
     /// guarantees that `key` and `value` are not both `None`.
     pub value: Option<RecordRule>,
+    /// Fields of the value protected on produce and revealed, masked or left protected on
+    /// fetch (`fields:`). Validation guarantees a `value:` rule when this is not empty: a
+    /// field is found through the value's registered schema.
+    pub fields: Vec<FieldRule>,
 }
 
 impl TopicRule {
@@ -331,6 +349,7 @@ mod tests {
                     .collect()
             }),
             key: None,
+            fields: Vec::new(),
             value: Some(value_rule()),
         }
     }

@@ -3,6 +3,7 @@
 
 mod clients;
 mod data_quality;
+mod field_protection;
 mod limits;
 mod malformed;
 mod protocol;

@@ -16,7 +16,7 @@ use aws_sdk_kms::{
     config::Credentials,
     error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
     primitives::Blob,
-    types::DataKeySpec,
+    types::{DataKeySpec, MacAlgorithmSpec},
 };
 use bytes::Bytes;
 use zeroize::{Zeroize, Zeroizing};
@@ -238,7 +238,11 @@ impl Kms for AwsKms {
                 reason: "AWS KMS returned no wrapped key".into(),
             });
         };
-        Ok(DataKey { plaintext, wrapped })
+        Ok(DataKey {
+            plaintext,
+            wrapped,
+            use_index: 0,
+        })
     }
 
     async fn decrypt_data_key(
@@ -260,6 +264,39 @@ impl Kms for AwsKms {
             .await
             .map_err(|e| classify(e, operation, key))?;
         take_plaintext(output.plaintext, operation, key)
+    }
+
+    async fn derive_key(
+        &self,
+        key: &KeyRef,
+        context: &EncryptionContext,
+    ) -> Result<Zeroizing<[u8; DATA_KEY_LEN]>, KmsError> {
+        let operation = Operation::DeriveKey;
+        let output = self
+            .client
+            .generate_mac()
+            .key_id(AwsKms::key_id(key)?)
+            .mac_algorithm(MacAlgorithmSpec::HmacSha256)
+            .message(Blob::new(super::derivation_message(context)))
+            .send()
+            .await
+            .map_err(|e| classify(e, operation, key))?;
+        let mac = output.mac.map(Blob::into_inner).unwrap_or_default();
+        if mac.len() != DATA_KEY_LEN {
+            return Err(KmsError::Refused {
+                operation,
+                key: key.to_string(),
+                reason: format!(
+                    "GenerateMac returned {} bytes, not {DATA_KEY_LEN}",
+                    mac.len()
+                ),
+            });
+        }
+        let mut derived = Zeroizing::new([0u8; DATA_KEY_LEN]);
+        derived.copy_from_slice(&mac);
+        let mut mac = mac;
+        mac.zeroize();
+        Ok(derived)
     }
 }
 

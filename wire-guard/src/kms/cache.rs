@@ -79,6 +79,15 @@ impl CacheConfig {
                 problems.push(format!("cache.{name} must be at least 1"));
             }
         }
+        // Each use of a data key is numbered in 32 bits (encrypted fields build their nonce
+        // from the number), and AES-GCM keys must stay far below 2^32 messages anyway.
+        if self.max_uses > 1 << 32 {
+            problems.push(format!(
+                "cache.max_uses is {}; at most {} encryptions may share a data key",
+                self.max_uses,
+                1u64 << 32
+            ));
+        }
         problems
     }
 }
@@ -100,6 +109,8 @@ struct CacheCounts {
     generated_miss: IntCounter,
     decrypted_hit: IntCounter,
     decrypted_miss: IntCounter,
+    derived_hit: IntCounter,
+    derived_miss: IntCounter,
 }
 
 impl CacheCounts {
@@ -121,6 +132,8 @@ impl CacheCounts {
             generated_miss: counts.with_label_values(&["generated", "miss"]),
             decrypted_hit: counts.with_label_values(&["decrypted", "hit"]),
             decrypted_miss: counts.with_label_values(&["decrypted", "miss"]),
+            derived_hit: counts.with_label_values(&["derived", "hit"]),
+            derived_miss: counts.with_label_values(&["derived", "miss"]),
         })
     }
 }
@@ -133,6 +146,8 @@ pub struct CachingKms {
     counts: CacheCounts,
     generated: Cache<(KeyRef, EncryptionContext), Arc<Current>>,
     decrypted: Cache<DecryptKey, Arc<Zeroizing<[u8; DATA_KEY_LEN]>>>,
+    /// Derived keys, per (KMS key, context); kept as long as unwrapped keys.
+    derived: Cache<(KeyRef, EncryptionContext), Arc<Zeroizing<[u8; DATA_KEY_LEN]>>>,
 }
 
 impl std::fmt::Debug for CachingKms {
@@ -169,6 +184,10 @@ impl CachingKms {
                 .max_capacity(config.max_decrypted)
                 .time_to_live(Duration::from_secs(config.decrypted_ttl_secs))
                 .build(),
+            derived: Cache::builder()
+                .max_capacity(config.max_generated)
+                .time_to_live(Duration::from_secs(config.decrypted_ttl_secs))
+                .build(),
         })
     }
 
@@ -189,32 +208,49 @@ impl Kms for CachingKms {
         key: &KeyRef,
         context: &EncryptionContext,
     ) -> Result<DataKey, KmsError> {
+        self.reserve_data_key(key, context, 1).await
+    }
+
+    async fn reserve_data_key(
+        &self,
+        key: &KeyRef,
+        context: &EncryptionContext,
+        uses: u32,
+    ) -> Result<DataKey, KmsError> {
+        let uses = u64::from(uses.max(1));
         let cache_key = (key.clone(), context.clone());
-        for _ in 0..EXHAUSTED_RETRIES {
-            let mut missed = false;
-            let current = self
-                .generated
-                .try_get_with(cache_key.clone(), async {
-                    missed = true;
-                    let fresh = self.inner.generate_data_key(key, context).await?;
-                    self.remember_unwrapped(key, context, &fresh).await;
-                    Ok::<_, KmsError>(Arc::new(Current {
-                        key: fresh,
-                        uses: AtomicU64::new(0),
-                    }))
-                })
-                .await
-                .map_err(|e: Arc<KmsError>| (*e).clone())?;
-            if missed {
-                self.counts.generated_miss.inc();
-            } else {
-                self.counts.generated_hit.inc();
+        if uses <= self.max_uses {
+            for _ in 0..EXHAUSTED_RETRIES {
+                let mut missed = false;
+                let current = self
+                    .generated
+                    .try_get_with(cache_key.clone(), async {
+                        missed = true;
+                        let fresh = self.inner.generate_data_key(key, context).await?;
+                        self.remember_unwrapped(key, context, &fresh).await;
+                        Ok::<_, KmsError>(Arc::new(Current {
+                            key: fresh,
+                            uses: AtomicU64::new(0),
+                        }))
+                    })
+                    .await
+                    .map_err(|e: Arc<KmsError>| (*e).clone())?;
+                if missed {
+                    self.counts.generated_miss.inc();
+                } else {
+                    self.counts.generated_hit.inc();
+                }
+                let first = current.uses.fetch_add(uses, Ordering::Relaxed);
+                if first + uses <= self.max_uses {
+                    let mut key = current.key.clone();
+                    // `max_uses` is at most 2^32 (see `CacheConfig::problems`).
+                    key.use_index = first as u32;
+                    return Ok(key);
+                }
+                self.generated.invalidate(&cache_key).await;
             }
-            if current.uses.fetch_add(1, Ordering::Relaxed) < self.max_uses {
-                return Ok(current.key.clone());
-            }
-            self.generated.invalidate(&cache_key).await;
         }
+        // A crowd racing on one key, or more uses than one key may serve: a key of its own.
         self.counts.generated_miss.inc();
         let fresh = self.inner.generate_data_key(key, context).await?;
         self.remember_unwrapped(key, context, &fresh).await;
@@ -250,6 +286,28 @@ impl Kms for CachingKms {
             self.counts.decrypted_hit.inc();
         }
         Ok((*plaintext?).clone())
+    }
+
+    async fn derive_key(
+        &self,
+        key: &KeyRef,
+        context: &EncryptionContext,
+    ) -> Result<Zeroizing<[u8; DATA_KEY_LEN]>, KmsError> {
+        let mut missed = false;
+        let derived = self
+            .derived
+            .try_get_with((key.clone(), context.clone()), async {
+                missed = true;
+                self.inner.derive_key(key, context).await.map(Arc::new)
+            })
+            .await
+            .map_err(|e: Arc<KmsError>| (*e).clone());
+        if missed {
+            self.counts.derived_miss.inc();
+        } else {
+            self.counts.derived_hit.inc();
+        }
+        Ok((*derived?).clone())
     }
 }
 
@@ -290,6 +348,7 @@ pub(crate) mod tests {
             Ok(DataKey {
                 plaintext: Zeroizing::new([n as u8; DATA_KEY_LEN]),
                 wrapped: Bytes::from(n.to_be_bytes().to_vec()),
+                use_index: 0,
             })
         }
 
@@ -312,6 +371,19 @@ pub(crate) mod tests {
             }
             Ok(Zeroizing::new(
                 [wrapped.last().copied().unwrap_or(0); DATA_KEY_LEN],
+            ))
+        }
+
+        async fn derive_key(
+            &self,
+            _key: &KeyRef,
+            context: &EncryptionContext,
+        ) -> Result<Zeroizing<[u8; DATA_KEY_LEN]>, KmsError> {
+            if let Some(e) = self.next_failure() {
+                return Err(e);
+            }
+            Ok(Zeroizing::new(
+                [context.canonical_bytes().len() as u8; DATA_KEY_LEN],
             ))
         }
     }

@@ -47,6 +47,8 @@ struct KeyringFile {
 /// Master keys by name. Each cipher wipes its key schedule when dropped.
 pub struct LocalKeyring {
     keys: HashMap<String, Aes256Gcm>,
+    /// The same master keys as HMAC keys, for [`Kms::derive_key`].
+    macs: HashMap<String, ring::hmac::Key>,
 }
 
 impl fmt::Debug for LocalKeyring {
@@ -96,6 +98,7 @@ impl LocalKeyring {
         let mut file: KeyringFile = serde_saphyr::from_str(text)
             .map_err(|e| KmsError::Misconfigured(format!("not a keyring document: {e}")))?;
         let mut keys = HashMap::new();
+        let mut macs = HashMap::new();
         let mut problems = Vec::new();
         for (name, encoded) in &file.keys {
             if let Err(e) = format!("local:{name}").parse::<KeyRef>() {
@@ -112,6 +115,10 @@ impl LocalKeyring {
             match Aes256Gcm::new_from_slice(&bytes) {
                 Ok(cipher) => {
                     keys.insert(name.clone(), cipher);
+                    macs.insert(
+                        name.clone(),
+                        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes),
+                    );
                 }
                 Err(_) => problems.push(format!(
                     "key {name:?} has {} bytes, not {DATA_KEY_LEN}",
@@ -125,7 +132,7 @@ impl LocalKeyring {
             problems.sort();
             return Err(KmsError::Misconfigured(problems.join("; ")));
         }
-        Ok(LocalKeyring { keys })
+        Ok(LocalKeyring { keys, macs })
     }
 
     fn cipher<'a>(
@@ -185,6 +192,7 @@ impl Kms for LocalKeyring {
         Ok(DataKey {
             plaintext,
             wrapped: Bytes::from(wrapped),
+            use_index: 0,
         })
     }
 
@@ -233,6 +241,19 @@ impl Kms for LocalKeyring {
         }
         plaintext.copy_from_slice(&buffer);
         Ok(plaintext)
+    }
+
+    async fn derive_key(
+        &self,
+        key: &KeyRef,
+        context: &EncryptionContext,
+    ) -> Result<Zeroizing<[u8; DATA_KEY_LEN]>, KmsError> {
+        let (name, _) = self.cipher(key, Operation::DeriveKey)?;
+        let mac = &self.macs[name];
+        let tag = ring::hmac::sign(mac, &super::derivation_message(context));
+        let mut derived = Zeroizing::new([0u8; DATA_KEY_LEN]);
+        derived.copy_from_slice(tag.as_ref());
+        Ok(derived)
     }
 }
 

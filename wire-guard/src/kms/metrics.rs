@@ -120,6 +120,21 @@ impl Kms for InstrumentedKms {
         }
         outcome
     }
+
+    async fn derive_key(
+        &self,
+        key: &KeyRef,
+        context: &EncryptionContext,
+    ) -> Result<Zeroizing<[u8; DATA_KEY_LEN]>, KmsError> {
+        let started = Instant::now();
+        let outcome = self.inner.derive_key(key, context).await;
+        self.record(Operation::DeriveKey, started, &outcome);
+        match &outcome {
+            Ok(_) => tracing::info!(kms_key = %key, %context, "derived key"),
+            Err(e) => tracing::warn!(kms_key = %key, %context, error = %e, "key derivation failed"),
+        }
+        outcome
+    }
 }
 
 #[cfg(test)]

@@ -26,11 +26,13 @@ mod metrics;
 mod retry;
 mod stack;
 
-use std::{collections::BTreeMap, fmt, str::FromStr};
+use std::{collections::BTreeMap, fmt};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use zeroize::Zeroizing;
+
+pub use shared::keyref::KeyRef;
 
 pub use aws::{AwsKms, AwsKmsConfig};
 pub use cache::{CacheConfig, CachingKms};
@@ -41,142 +43,6 @@ pub use stack::{Backends, KmsConfig, LocalKeyringConfig, build, wrap};
 
 /// The length of every data key: AES-256.
 pub const DATA_KEY_LEN: usize = 32;
-
-/// A KMS key named by a policy's `key:` field.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum KeyRef {
-    /// An AWS KMS key: `alias/NAME`, a key ARN or alias ARN, or a key id, exactly as the
-    /// `KeyId` parameter of the KMS API takes it.
-    Aws(String),
-    /// A master key of the local keyring, by its name in the keyring file.
-    Local(String),
-}
-
-impl KeyRef {
-    /// Which backend serves the key, for logs and errors.
-    pub fn backend(&self) -> &'static str {
-        match self {
-            KeyRef::Aws(_) => "aws-kms",
-            KeyRef::Local(_) => "local",
-        }
-    }
-}
-
-impl fmt::Display for KeyRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            KeyRef::Aws(id) => write!(f, "aws-kms:{id}"),
-            KeyRef::Local(name) => write!(f, "local:{name}"),
-        }
-    }
-}
-
-const KEY_REF_HINT: &str = "write aws-kms:alias/NAME, aws-kms:arn:aws:kms:REGION:ACCOUNT:key/ID, \
-                            aws-kms:KEY-ID or local:NAME";
-
-impl FromStr for KeyRef {
-    type Err = KmsError;
-
-    fn from_str(text: &str) -> Result<KeyRef, KmsError> {
-        let bad = |why: &str| {
-            KmsError::Misconfigured(format!("key reference {text:?} {why}; {KEY_REF_HINT}"))
-        };
-        let Some((scheme, rest)) = text.split_once(':') else {
-            return Err(bad("has no scheme"));
-        };
-        match scheme {
-            "aws-kms" => {
-                if let Some(name) = rest.strip_prefix("alias/") {
-                    if !valid_alias_name(name) {
-                        return Err(bad(
-                            "has an alias name that is empty, longer than 250 characters or \
-                             uses characters other than letters, digits, '/', '_' and '-'",
-                        ));
-                    }
-                } else if rest.starts_with("arn:") {
-                    if !valid_kms_arn(rest) {
-                        return Err(bad(
-                            "is not a KMS key or alias ARN (arn:PARTITION:kms:REGION:ACCOUNT:key/ID \
-                             or ...:alias/NAME)",
-                        ));
-                    }
-                } else if !valid_key_id(rest) {
-                    return Err(bad(
-                        "is neither an alias, an ARN nor a key id (a UUID, or mrk- and 32 hex \
-                         digits)",
-                    ));
-                }
-                Ok(KeyRef::Aws(rest.to_owned()))
-            }
-            "local" => {
-                if rest.is_empty()
-                    || !rest
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-                {
-                    return Err(bad(
-                        "names no local key (letters, digits, '-', '_' and '.' only)",
-                    ));
-                }
-                Ok(KeyRef::Local(rest.to_owned()))
-            }
-            other => Err(bad(&format!("uses the unknown scheme {other:?}"))),
-        }
-    }
-}
-
-impl TryFrom<String> for KeyRef {
-    type Error = KmsError;
-
-    fn try_from(text: String) -> Result<KeyRef, KmsError> {
-        text.parse()
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for KeyRef {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<KeyRef, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
-
-fn valid_alias_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 250
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '_' | '-'))
-}
-
-fn valid_key_id(id: &str) -> bool {
-    let hex = |s: &str| s.chars().all(|c| c.is_ascii_hexdigit());
-    if let Some(rest) = id.strip_prefix("mrk-") {
-        return rest.len() == 32 && hex(rest);
-    }
-    let groups: Vec<&str> = id.split('-').collect();
-    groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(g, len)| g.len() == len && hex(g))
-}
-
-fn valid_kms_arn(arn: &str) -> bool {
-    let parts: Vec<&str> = arn.splitn(6, ':').collect();
-    let [_, partition, service, region, account, resource] = parts.as_slice() else {
-        return false;
-    };
-    partition.starts_with("aws")
-        && *service == "kms"
-        && !region.is_empty()
-        && account.len() == 12
-        && account.chars().all(|c| c.is_ascii_digit())
-        && match resource.split_once('/') {
-            Some(("key", id)) => valid_key_id(id),
-            Some(("alias", name)) => valid_alias_name(name),
-            _ => false,
-        }
-}
 
 /// Non-secret facts bound to a data key, such as the topic and the field it protects. The KMS
 /// (or the local keyring, as associated data) refuses to unwrap the key with any other context,
@@ -240,6 +106,9 @@ pub struct DataKey {
     pub plaintext: Zeroizing<[u8; DATA_KEY_LEN]>,
     /// The key encrypted under the KMS key; only the KMS (with the same context) can unwrap it.
     pub wrapped: Bytes,
+    /// Which use of this data key the caller is making: 0 for a key fresh from the KMS, and
+    /// distinct for every use the cache hands out, so callers can build unique nonces from it.
+    pub use_index: u32,
 }
 
 impl DataKey {
@@ -274,6 +143,8 @@ impl fmt::Debug for DataKey {
 pub enum Operation {
     GenerateDataKey,
     Decrypt,
+    /// A deterministic key derived from the KMS key (AWS KMS `GenerateMac`).
+    DeriveKey,
 }
 
 impl Operation {
@@ -281,6 +152,7 @@ impl Operation {
         match self {
             Operation::GenerateDataKey => "generate_data_key",
             Operation::Decrypt => "decrypt",
+            Operation::DeriveKey => "derive_key",
         }
     }
 }
@@ -356,6 +228,19 @@ pub trait Kms: Send + Sync + fmt::Debug {
         context: &EncryptionContext,
     ) -> Result<DataKey, KmsError>;
 
+    /// A data key for `uses` encryptions at once: uses `use_index .. use_index + uses` are
+    /// the caller's. A key fresh from a backend has every use free, so by default this is
+    /// [`Kms::generate_data_key`]; the cache hands out a block of a cached key's uses.
+    async fn reserve_data_key(
+        &self,
+        key: &KeyRef,
+        context: &EncryptionContext,
+        uses: u32,
+    ) -> Result<DataKey, KmsError> {
+        let _ = uses;
+        self.generate_data_key(key, context).await
+    }
+
     /// The plaintext of a data key that `key` wrapped with the same `context`.
     async fn decrypt_data_key(
         &self,
@@ -363,58 +248,29 @@ pub trait Kms: Send + Sync + fmt::Debug {
         wrapped: &[u8],
         context: &EncryptionContext,
     ) -> Result<Zeroizing<[u8; DATA_KEY_LEN]>, KmsError>;
+
+    /// A key derived deterministically from `key` and `context`: the same on every instance
+    /// and every call, never leaving the KMS's control in any other form. Tokens are keyed
+    /// with it, so that the same input gives the same token wherever it is computed. With AWS
+    /// KMS the key must be an HMAC key (`GENERATE_VERIFY_MAC`); the local keyring derives
+    /// from its master key.
+    async fn derive_key(
+        &self,
+        key: &KeyRef,
+        context: &EncryptionContext,
+    ) -> Result<Zeroizing<[u8; DATA_KEY_LEN]>, KmsError>;
+}
+
+/// What a derived key's MAC covers, so that no other use of the KMS key yields the same bytes.
+pub(crate) fn derivation_message(context: &EncryptionContext) -> Vec<u8> {
+    let mut message = b"wire-guard derived key v1\0".to_vec();
+    message.extend_from_slice(&context.canonical_bytes());
+    message
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_every_aws_form() {
-        for id in [
-            "alias/payments",
-            "alias/team/payments_v2",
-            "1234abcd-12ab-34cd-56ef-1234567890ab",
-            "mrk-1234abcd12ab34cd56ef1234567890ab",
-            "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
-            "arn:aws:kms:eu-west-1:111122223333:alias/payments",
-            "arn:aws-us-gov:kms:us-gov-west-1:111122223333:key/mrk-1234abcd12ab34cd56ef1234567890ab",
-        ] {
-            let text = format!("aws-kms:{id}");
-            let parsed: KeyRef = text.parse().expect(&text);
-            assert_eq!(parsed, KeyRef::Aws(id.to_owned()));
-            assert_eq!(parsed.to_string(), text);
-        }
-    }
-
-    #[test]
-    fn parses_local() {
-        let parsed: KeyRef = "local:tokens".parse().expect("local key");
-        assert_eq!(parsed, KeyRef::Local("tokens".into()));
-        assert_eq!(parsed.backend(), "local");
-    }
-
-    #[test]
-    fn refuses_malformed_references_with_a_hint() {
-        for text in [
-            "payments",
-            "vault:transit/payments",
-            "aws-kms:",
-            "aws-kms:alias/",
-            "aws-kms:alias/pay ments",
-            "aws-kms:not-a-key-id",
-            "aws-kms:1234abcd-12ab-34cd-56ef-1234567890",
-            "aws-kms:arn:aws:s3:::bucket",
-            "aws-kms:arn:aws:kms:eu-west-1:1111:key/1234abcd-12ab-34cd-56ef-1234567890ab",
-            "aws-kms:arn:aws:kms:eu-west-1:111122223333:grant/x",
-            "local:",
-            "local:a/b",
-        ] {
-            let err = text.parse::<KeyRef>().expect_err(text);
-            assert!(matches!(err, KmsError::Misconfigured(_)), "{text}: {err}");
-            assert!(err.to_string().contains("aws-kms:alias/NAME"), "{err}");
-        }
-    }
 
     #[test]
     fn context_encoding_is_unambiguous() {
@@ -432,6 +288,7 @@ mod tests {
         let key = DataKey {
             plaintext: Zeroizing::new([7; DATA_KEY_LEN]),
             wrapped: Bytes::from_static(b"wrapped"),
+            use_index: 0,
         };
         let shown = format!("{key:?}");
         assert!(shown.contains("redacted"), "{shown}");

@@ -152,6 +152,16 @@ impl Kms for RetryingKms {
         })
         .await
     }
+
+    async fn derive_key(
+        &self,
+        key: &KeyRef,
+        context: &EncryptionContext,
+    ) -> Result<Zeroizing<[u8; DATA_KEY_LEN]>, KmsError> {
+        let inner = self.inner.as_ref();
+        self.run(Operation::DeriveKey, key, || inner.derive_key(key, context))
+            .await
+    }
 }
 
 #[cfg(test)]

@@ -92,6 +92,14 @@ impl Kms for Backends {
             .decrypt_data_key(key, wrapped, context)
             .await
     }
+
+    async fn derive_key(
+        &self,
+        key: &KeyRef,
+        context: &EncryptionContext,
+    ) -> Result<Zeroizing<[u8; DATA_KEY_LEN]>, KmsError> {
+        self.for_key(key)?.derive_key(key, context).await
+    }
 }
 
 /// Builds the stack: cache, then retry, then metrics, then the backends.

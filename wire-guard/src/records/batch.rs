@@ -44,6 +44,11 @@ pub struct Record {
 /// A decoded batch: its header fields and its records over the decompressed bytes.
 #[derive(Debug, Clone)]
 pub struct Batch {
+    /// The offset of the first record: 0 as a producer sends it, the log's offset on fetch.
+    pub base_offset: i64,
+    /// The offset delta of the batch's last record as the writer set it; compaction may have
+    /// removed records since, so it can exceed the last record's delta.
+    pub last_offset_delta: i32,
     pub partition_leader_epoch: i32,
     pub attributes: i16,
     pub base_timestamp: i64,
@@ -94,6 +99,33 @@ impl Batch {
         Ok(batches)
     }
 
+    /// Like [`Batch::parse_all`], for a fetched record set: a broker may end it with the start
+    /// of a batch cut off at the fetch size, which the client skips and fetches again. Returns
+    /// the complete batches and where the cut-off part starts.
+    pub fn parse_fetched(
+        all: &Bytes,
+        limit: &mut usize,
+    ) -> Result<(Vec<Batch>, usize), RecordError> {
+        let mut end = 0;
+        let mut bytes = &all[..];
+        while bytes.len() >= LOG_OVERHEAD {
+            let length = i32::from_be_bytes(be(bytes, 8));
+            let Some(total) = usize::try_from(length)
+                .ok()
+                .and_then(|l| l.checked_add(LOG_OVERHEAD))
+            else {
+                break;
+            };
+            if total > bytes.len() {
+                break;
+            }
+            end += total;
+            bytes = &bytes[total..];
+        }
+        let batches = Batch::parse_all(&all.slice(..end), limit)?;
+        Ok((batches, end))
+    }
+
     fn parse(b: Bytes, limit: &mut usize) -> Result<Batch, RecordError> {
         let magic = b[16] as i8;
         if magic != 2 {
@@ -136,6 +168,8 @@ impl Batch {
             )));
         }
         Ok(Batch {
+            base_offset: i64::from_be_bytes(be(&b, 0)),
+            last_offset_delta: i32::from_be_bytes(be(&b, 23)),
             partition_leader_epoch: i32::from_be_bytes(be(&b, 12)),
             attributes,
             base_timestamp: i64::from_be_bytes(be(&b, 27)),
@@ -238,6 +272,77 @@ impl Batch {
         out.extend_from_slice(&self.producer_epoch.to_be_bytes());
         out.extend_from_slice(&base_sequence.to_be_bytes());
         out.extend_from_slice(&count.to_be_bytes());
+        out.extend_from_slice(&compressed);
+        let crc = crc32c::crc32c(&out[CRC_START..]);
+        out[17..21].copy_from_slice(&crc.to_be_bytes());
+        Ok(out)
+    }
+}
+
+/// What changes in one record when a batch is rewritten.
+#[derive(Debug, Clone, Default)]
+pub struct RecordEdit {
+    /// The new value.
+    pub value: Vec<u8>,
+    /// Headers added after the record's own.
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Batch {
+    /// Encodes the batch again with the values and headers `edits` give (`None`: the record as
+    /// it was), keeping everything else: base offset, offset deltas, producer id, epoch and
+    /// sequence, timestamps, attributes and codec. Used where records keep their place:
+    /// protecting fields on produce, revealing them on fetch.
+    pub fn rewrite(&self, edits: &[Option<RecordEdit>]) -> Result<Vec<u8>, RecordError> {
+        let mut records = Vec::with_capacity(self.data.len() + edits.len() * 64);
+        let mut body = Vec::new();
+        for (i, record) in self.records.iter().enumerate() {
+            let Some(Some(edit)) = edits.get(i) else {
+                let start = record.head.start;
+                // The length prefix is not kept in the ranges: write it again.
+                varint::write_i64(&mut records, (record.tail.end - start) as i64);
+                records.extend_from_slice(&self.data[start..record.tail.end]);
+                continue;
+            };
+            body.clear();
+            body.extend_from_slice(&self.data[record.head.clone()]);
+            varint::write_i32(&mut body, record.offset_delta);
+            put_bytes(
+                &mut body,
+                record.key.as_ref().map(|k| &self.data[k.clone()]),
+            );
+            put_bytes(&mut body, Some(&edit.value));
+            varint::write_i64(
+                &mut body,
+                (record.headers.len() + edit.headers.len()) as i64,
+            );
+            for h in &record.headers {
+                put_bytes(&mut body, Some(&self.data[h.key.clone()]));
+                put_bytes(&mut body, h.value.as_ref().map(|v| &self.data[v.clone()]));
+            }
+            for (k, v) in &edit.headers {
+                put_bytes(&mut body, Some(k));
+                put_bytes(&mut body, Some(v));
+            }
+            varint::write_i64(&mut records, body.len() as i64);
+            records.extend_from_slice(&body);
+        }
+        let compressed = self.codec().compress(&records)?;
+        let mut out = Vec::with_capacity(HEADER_LEN + compressed.len());
+        out.extend_from_slice(&self.base_offset.to_be_bytes());
+        let batch_length = (HEADER_LEN - LOG_OVERHEAD + compressed.len()) as i32;
+        out.extend_from_slice(&batch_length.to_be_bytes());
+        out.extend_from_slice(&self.partition_leader_epoch.to_be_bytes());
+        out.push(2);
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&self.attributes.to_be_bytes());
+        out.extend_from_slice(&self.last_offset_delta.to_be_bytes());
+        out.extend_from_slice(&self.base_timestamp.to_be_bytes());
+        out.extend_from_slice(&self.max_timestamp.to_be_bytes());
+        out.extend_from_slice(&self.producer_id.to_be_bytes());
+        out.extend_from_slice(&self.producer_epoch.to_be_bytes());
+        out.extend_from_slice(&self.base_sequence.to_be_bytes());
+        out.extend_from_slice(&(self.records.len() as i32).to_be_bytes());
         out.extend_from_slice(&compressed);
         let crc = crc32c::crc32c(&out[CRC_START..]);
         out[17..21].copy_from_slice(&crc.to_be_bytes());
@@ -384,6 +489,8 @@ impl Builder {
     /// An uncompressed, create-time batch for the given producer.
     pub fn finish(&self, producer_id: i64, producer_epoch: i16, base_sequence: i32) -> Vec<u8> {
         let batch = Batch {
+            base_offset: 0,
+            last_offset_delta: 0,
             partition_leader_epoch: -1,
             attributes: 0,
             base_timestamp: self.base_timestamp,

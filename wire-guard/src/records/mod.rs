@@ -16,7 +16,7 @@ pub mod batch;
 pub mod compression;
 pub mod varint;
 
-pub use batch::{Batch, Builder, Header, OwnedRecord, Record, set_base_sequence};
+pub use batch::{Batch, Builder, Header, OwnedRecord, Record, RecordEdit, set_base_sequence};
 pub use compression::Codec;
 
 /// Why a partition's records could not be read. These are the client's bytes, so every variant

@@ -9,14 +9,20 @@
 //! dozen levels of a recursive schema exhaust a 2 MiB thread stack in a debug build. Here every
 //! length is checked against the bytes left before anything is taken, and nesting is bounded.
 
-use std::collections::HashMap;
+use std::{cell::RefCell, collections::HashMap, ops::Range};
 
 use apache_avro::{
     Schema, Uuid,
     schema::{InnerDecimalSchema, Name, ResolvedSchema, UuidSchema},
 };
 
-use super::{Invalid, Reason, datum::Datum};
+use shared::policy::FieldPath;
+
+use super::{
+    Invalid, Reason,
+    datum::Datum,
+    fields::{EditError, FieldKind},
+};
 
 /// How deeply values may nest (each record, union, array and map is a level). Real schemas nest
 /// far less; a recursive schema could otherwise nest as deep as the payload is long.
@@ -68,6 +74,7 @@ impl AvroSchema {
         let decoder = Decoder {
             names: &self.names,
             want: want_datum,
+            track: None,
         };
         let mut rest = payload;
         let datum = decoder
@@ -97,6 +104,161 @@ impl AvroSchema {
 struct Decoder<'s> {
     names: &'s HashMap<Name, Schema>,
     want: bool,
+    /// Set when fields are being located for rewriting.
+    track: Option<RefCell<Track<'s>>>,
+}
+
+/// Where the decoder is, and the string and bytes values found at the paths sought.
+struct Track<'p> {
+    targets: &'p [&'p FieldPath],
+    /// Field names from the top; `[]` stands for an array item or map value, which no path
+    /// addresses.
+    path: Vec<&'p str>,
+    total: usize,
+    /// (path index, the value's bytes including its length prefix, kind).
+    found: Vec<(usize, Range<usize>, FieldKind)>,
+}
+
+impl Track<'_> {
+    fn target(&self) -> Option<usize> {
+        self.targets.iter().position(|t| {
+            t.segments.len() == self.path.len()
+                && t.segments.iter().zip(&self.path).all(|(a, b)| a == b)
+        })
+    }
+}
+
+impl AvroSchema {
+    /// See [`super::CompiledSchema::check_path`].
+    pub(crate) fn check_path(&self, path: &FieldPath) -> Result<FieldKind, String> {
+        let deref = |schema: &'_ Schema| -> Result<Schema, String> {
+            match schema {
+                Schema::Ref { name } => self
+                    .names
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| format!("unknown type {}", name.fullname(None))),
+                other => Ok(other.clone()),
+            }
+        };
+        let mut schema = self.main.clone();
+        let mut walked = String::from("$");
+        for segment in &path.segments {
+            schema = look_through_optional(deref(&schema)?, &walked)?;
+            let Schema::Record(record) = &schema else {
+                return Err(format!(
+                    "{walked} is not a record, so it has no field {segment:?}"
+                ));
+            };
+            let Some(field) = record.fields.iter().find(|f| &f.name == segment) else {
+                let names: Vec<&str> = record.fields.iter().map(|f| f.name.as_str()).collect();
+                return Err(format!(
+                    "{walked} ({}) has no field {segment:?}; its fields are {}",
+                    record.name.fullname(None),
+                    names.join(", ")
+                ));
+            };
+            walked.push('.');
+            walked.push_str(segment);
+            schema = field.schema.clone();
+        }
+        match look_through_optional(deref(&schema)?, &walked)? {
+            Schema::String => Ok(FieldKind::String),
+            Schema::Bytes => Ok(FieldKind::Bytes),
+            other => Err(format!(
+                "{walked} is of type {}; only string and bytes fields can be protected in place \
+                 (protect a string or bytes field, or change the schema so the value is carried as one)",
+                type_name(&other)
+            )),
+        }
+    }
+
+    /// See [`super::CompiledSchema::edit_fields`].
+    pub(crate) fn edit_fields<E>(
+        &self,
+        payload: &[u8],
+        paths: &[&FieldPath],
+        mut edit: impl FnMut(usize, FieldKind, &[u8]) -> Result<Option<Vec<u8>>, E>,
+    ) -> Result<Option<Vec<u8>>, EditError<E>> {
+        let decoder = Decoder {
+            names: &self.names,
+            want: false,
+            track: Some(RefCell::new(Track {
+                targets: paths,
+                path: Vec::new(),
+                total: payload.len(),
+                found: Vec::new(),
+            })),
+        };
+        let mut rest = payload;
+        decoder
+            .value(&self.main, None, &mut rest, 0)
+            .map_err(|why| EditError::Shape(format!("the value does not decode: {why}")))?;
+        if !rest.is_empty() {
+            return Err(EditError::Shape("bytes follow the Avro value".into()));
+        }
+        let found = decoder
+            .track
+            .map(|t| t.into_inner().found)
+            .unwrap_or_default();
+        let mut out: Option<Vec<u8>> = None;
+        let mut copied = 0;
+        for (index, range, kind) in found {
+            let mut content = &payload[range.clone()];
+            let value = length_prefixed(&mut content).map_err(EditError::Shape)?;
+            let Some(replacement) = edit(index, kind, value).map_err(EditError::Edit)? else {
+                continue;
+            };
+            let out = out.get_or_insert_with(|| Vec::with_capacity(payload.len() + 64));
+            out.extend_from_slice(&payload[copied..range.start]);
+            write_long(out, replacement.len() as i64);
+            out.extend_from_slice(&replacement);
+            copied = range.end;
+        }
+        Ok(out.map(|mut out| {
+            out.extend_from_slice(&payload[copied..]);
+            out
+        }))
+    }
+}
+
+/// A union of null and one other type stands for that type; any other union is ambiguous.
+fn look_through_optional(schema: Schema, walked: &str) -> Result<Schema, String> {
+    match schema {
+        Schema::Union(union) => {
+            let others: Vec<&Schema> = union
+                .variants()
+                .iter()
+                .filter(|v| !matches!(v, Schema::Null))
+                .collect();
+            match others.as_slice() {
+                [only] => Ok((*only).clone()),
+                _ => Err(format!(
+                    "{walked} is a union of several types; only a field of one type (or that type or null) can be protected"
+                )),
+            }
+        }
+        other => Ok(other),
+    }
+}
+
+fn type_name(schema: &Schema) -> String {
+    match schema {
+        Schema::Record(r) => format!("record {}", r.name.fullname(None)),
+        Schema::Enum(e) => format!("enum {}", e.name.fullname(None)),
+        Schema::Fixed(f) => format!("fixed {}", f.name.fullname(None)),
+        other => format!("{:?}", apache_avro::schema::SchemaKind::from(other)).to_lowercase(),
+    }
+}
+
+/// Avro's zigzag varint `long`.
+fn write_long(out: &mut Vec<u8>, value: i64) {
+    let mut n = ((value << 1) ^ (value >> 63)) as u64;
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
 }
 
 impl<'s> Decoder<'s> {
@@ -122,6 +284,46 @@ impl<'s> Decoder<'s> {
             return Err(format!("values nest deeper than {MAX_DEPTH} levels"));
         }
         let keep = |datum: Datum| if self.want { datum } else { Datum::Null };
+        let before = rest.len();
+        let datum = self.value_inner(schema, ns, rest, depth, keep)?;
+        if let Some(track) = &self.track
+            && matches!(schema, Schema::String | Schema::Bytes)
+        {
+            let mut track = track.borrow_mut();
+            if let Some(index) = track.target() {
+                let start = track.total - before;
+                let end = track.total - rest.len();
+                let kind = if matches!(schema, Schema::String) {
+                    FieldKind::String
+                } else {
+                    FieldKind::Bytes
+                };
+                track.found.push((index, start..end, kind));
+            }
+        }
+        Ok(datum)
+    }
+
+    fn enter(&self, name: &'s str) {
+        if let Some(track) = &self.track {
+            track.borrow_mut().path.push(name);
+        }
+    }
+
+    fn leave(&self) {
+        if let Some(track) = &self.track {
+            track.borrow_mut().path.pop();
+        }
+    }
+
+    fn value_inner(
+        &self,
+        schema: &'s Schema,
+        ns: Option<&str>,
+        rest: &mut &[u8],
+        depth: usize,
+        keep: impl Fn(Datum) -> Datum,
+    ) -> Result<Datum, String> {
         Ok(match schema {
             Schema::Null => Datum::Null,
             Schema::Boolean => match take(rest, 1)? {
@@ -210,17 +412,18 @@ impl<'s> Decoder<'s> {
                 let mut fields =
                     Vec::with_capacity(if self.want { record.fields.len() } else { 0 });
                 for field in &record.fields {
-                    let value = self
-                        .value(&field.schema, inner_ns, rest, depth + 1)
-                        .map_err(|why| {
-                            // Only the innermost field is named: a prefix per level would make
-                            // a message as long as the nesting.
-                            if why.contains(": ") {
-                                why
-                            } else {
-                                format!("{}.{}: {why}", record.name.name(), field.name)
-                            }
-                        })?;
+                    self.enter(&field.name);
+                    let value = self.value(&field.schema, inner_ns, rest, depth + 1);
+                    self.leave();
+                    let value = value.map_err(|why| {
+                        // Only the innermost field is named: a prefix per level would make
+                        // a message as long as the nesting.
+                        if why.contains(": ") {
+                            why
+                        } else {
+                            format!("{}.{}: {why}", record.name.name(), field.name)
+                        }
+                    })?;
                     if self.want {
                         fields.push((field.name.clone(), value));
                     }
@@ -232,18 +435,22 @@ impl<'s> Decoder<'s> {
             }
             Schema::Array(array) => {
                 let mut items = Vec::new();
-                blocks(rest, |rest| {
+                self.enter("[]");
+                let walked = blocks(rest, |rest| {
                     let item = self.value(&array.items, ns, rest, depth + 1)?;
                     if self.want {
                         items.push(item);
                     }
                     Ok(())
-                })?;
+                });
+                self.leave();
+                walked?;
                 keep(Datum::Array(items))
             }
             Schema::Map(map) => {
                 let mut entries = Vec::new();
-                blocks(rest, |rest| {
+                self.enter("[]");
+                let walked = blocks(rest, |rest| {
                     let key = utf8(length_prefixed(rest)?)
                         .map_err(|why| format!("map key: {why}"))?
                         .to_owned();
@@ -252,7 +459,9 @@ impl<'s> Decoder<'s> {
                         entries.push((key, value));
                     }
                     Ok(())
-                })?;
+                });
+                self.leave();
+                walked?;
                 keep(Datum::Map(entries))
             }
         })

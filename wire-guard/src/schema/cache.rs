@@ -99,6 +99,14 @@ impl Schemas {
         }
     }
 
+    /// The latest schema registered under `subject`; `None` when it has none.
+    pub async fn latest(&self, subject: &str) -> Result<Option<Arc<CompiledSchema>>, Lookup> {
+        match self.inner.registry.latest_id(subject).await? {
+            Some(id) => self.get(id).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// Drops `id` from the cache so that the next lookup asks the registry again, at most once
     /// per id per negative TTL; says whether it did. A schema id is immutable but the subjects
     /// it is registered under are not (registering the same schema under another subject keeps

@@ -33,7 +33,7 @@ pub struct ReferencedSchema {
     pub text: String,
 }
 
-enum Decoder {
+pub(super) enum Decoder {
     Avro(AvroSchema),
     Json(JsonSchema),
     Protobuf(ProtobufSchema),
@@ -45,7 +45,7 @@ pub struct CompiledSchema {
     pub format: Format,
     /// Subjects this id is registered under, for subject-name strategy checks.
     pub subjects: Vec<String>,
-    decoder: Decoder,
+    pub(super) decoder: Decoder,
     /// The name reported for every record when the format fixes it at compile time (Avro,
     /// JSON); Protobuf names the message each record's index selects.
     record_name: Option<String>,

@@ -5,7 +5,13 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Invalid, Reason, datum::Datum};
+use shared::policy::FieldPath;
+
+use super::{
+    Invalid, Reason,
+    datum::Datum,
+    fields::{EditError, FieldKind},
+};
 
 /// How many violations one message lists; the first few locate the problem.
 const MAX_REPORTED_ERRORS: usize = 3;
@@ -91,6 +97,78 @@ impl JsonSchema {
             return Err(Invalid::new(Reason::NotValid, message));
         }
         Ok(want_datum.then(|| to_datum(&document, "$")))
+    }
+}
+
+/// See [`super::CompiledSchema::edit_fields`]: JSON values hold text only, so every protected
+/// member must be a string (or null, or absent).
+pub(crate) fn edit_fields<E>(
+    payload: &[u8],
+    paths: &[&FieldPath],
+    mut edit: impl FnMut(usize, FieldKind, &[u8]) -> Result<Option<Vec<u8>>, E>,
+) -> Result<Option<Vec<u8>>, EditError<E>> {
+    let mut document: Value = serde_json::from_slice(payload)
+        .map_err(|e| EditError::Shape(format!("not a JSON document: {e}")))?;
+    let mut changed = false;
+    for (index, path) in paths.iter().enumerate() {
+        // Walk read-only first: a missing or null member is nothing to protect, but a member
+        // of another type where an object belongs means the field's value is elsewhere.
+        let mut seen = &document;
+        for segment in &path.segments {
+            seen = match seen {
+                Value::Object(members) => match members.get(segment) {
+                    Some(next) => next,
+                    None => &Value::Null,
+                },
+                Value::Null => &Value::Null,
+                other => {
+                    return Err(EditError::Shape(format!(
+                        "{path}: met a {} where an object was expected",
+                        json_type(other)
+                    )));
+                }
+            };
+        }
+        let pointer: String = path.segments.iter().map(|s| format!("/{s}")).collect();
+        let Some(at) = document.pointer_mut(&pointer) else {
+            continue;
+        };
+        match at {
+            Value::Null => {}
+            Value::String(text) => {
+                if let Some(new) =
+                    edit(index, FieldKind::String, text.as_bytes()).map_err(EditError::Edit)?
+                {
+                    *text = String::from_utf8(new).map_err(|_| {
+                        EditError::Shape(format!("{path}: the replacement is not text"))
+                    })?;
+                    changed = true;
+                }
+            }
+            other => {
+                return Err(EditError::Shape(format!(
+                    "{path} is a {}; only strings can be protected in place",
+                    json_type(other)
+                )));
+            }
+        }
+    }
+    if !changed {
+        return Ok(None);
+    }
+    serde_json::to_vec(&document)
+        .map(Some)
+        .map_err(|e| EditError::Shape(format!("writing the document back: {e}")))
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
     }
 }
 

@@ -20,6 +20,7 @@ mod avro;
 mod cache;
 mod compile;
 mod datum;
+pub mod fields;
 pub mod framing;
 mod json;
 mod metrics;

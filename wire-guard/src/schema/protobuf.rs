@@ -10,7 +10,14 @@ use prost_reflect::{
 };
 use protox::file::{ChainFileResolver, File, FileResolver, GoogleFileResolver};
 
-use super::{Invalid, Reason, datum::Datum, framing};
+use shared::policy::FieldPath;
+
+use super::{
+    Invalid, Reason,
+    datum::Datum,
+    fields::{EditError, FieldKind},
+    framing,
+};
 
 /// The name the registry's own schema text is compiled under; registry references are other
 /// files it imports by their reference names.
@@ -126,6 +133,136 @@ impl ProtobufSchema {
         }
         let datum = want_datum.then(|| message_datum(&message));
         Ok((name, datum))
+    }
+}
+
+impl ProtobufSchema {
+    /// See [`super::CompiledSchema::check_path`]: checked against the first message.
+    pub(crate) fn check_path(&self, path: &FieldPath) -> Result<FieldKind, String> {
+        let message = self
+            .file
+            .messages()
+            .next()
+            .ok_or_else(|| "the schema defines no message".to_owned())?;
+        field_kind(&message, path)
+    }
+
+    /// See [`super::CompiledSchema::edit_fields`].
+    pub(crate) fn edit_fields<E>(
+        &self,
+        payload: &[u8],
+        paths: &[&FieldPath],
+        mut edit: impl FnMut(usize, FieldKind, &[u8]) -> Result<Option<Vec<u8>>, E>,
+    ) -> Result<Option<Vec<u8>>, EditError<E>> {
+        let (indexes, body) =
+            framing::message_indexes(payload).map_err(|e| EditError::Shape(e.message))?;
+        let descriptor = self
+            .message_for(&indexes)
+            .map_err(|e| EditError::Shape(e.message))?;
+        let mut message = DynamicMessage::decode(descriptor.clone(), body)
+            .map_err(|e| EditError::Shape(format!("{}: {e}", descriptor.full_name())))?;
+        let mut changed = false;
+        for (index, path) in paths.iter().enumerate() {
+            field_kind(&descriptor, path).map_err(EditError::Shape)?;
+            let (last, parents) = path.segments.split_last().expect("paths are not empty");
+            let mut at = &mut message;
+            let mut present = true;
+            for segment in parents {
+                let field = at
+                    .descriptor()
+                    .get_field_by_name(segment)
+                    .expect("checked by field_kind");
+                if !at.has_field(&field) {
+                    present = false;
+                    break;
+                }
+                match at.get_field_mut(&field) {
+                    Value::Message(inner) => at = inner,
+                    _ => unreachable!("checked by field_kind"),
+                }
+            }
+            if !present {
+                continue;
+            }
+            let field = at
+                .descriptor()
+                .get_field_by_name(last)
+                .expect("checked by field_kind");
+            if field.supports_presence() && !at.has_field(&field) {
+                continue;
+            }
+            let replacement = match at.get_field(&field).as_ref() {
+                Value::String(text) => edit(index, FieldKind::String, text.as_bytes())
+                    .map_err(EditError::Edit)?
+                    .map(|new| {
+                        String::from_utf8(new).map(Value::String).map_err(|_| {
+                            EditError::Shape(format!("{path}: the replacement is not text"))
+                        })
+                    })
+                    .transpose()?,
+                Value::Bytes(bytes) => edit(index, FieldKind::Bytes, bytes)
+                    .map_err(EditError::Edit)?
+                    .map(|new| Value::Bytes(new.into())),
+                _ => None,
+            };
+            if let Some(value) = replacement {
+                at.set_field(&field, value);
+                changed = true;
+            }
+        }
+        if !changed {
+            return Ok(None);
+        }
+        let prefix = &payload[..payload.len() - body.len()];
+        let mut out = prefix.to_vec();
+        prost_reflect::prost::Message::encode(&message, &mut out)
+            .map_err(|e| EditError::Shape(format!("encoding the message again: {e}")))?;
+        Ok(Some(out))
+    }
+}
+
+/// The kind of the singular string or bytes field `path` names in `message`.
+fn field_kind(message: &MessageDescriptor, path: &FieldPath) -> Result<FieldKind, String> {
+    let mut message = message.clone();
+    let mut walked = String::from("$");
+    let (last, parents) = path
+        .segments
+        .split_last()
+        .ok_or_else(|| "empty path".to_owned())?;
+    let field_of = |message: &MessageDescriptor, name: &str, walked: &str| {
+        message.get_field_by_name(name).ok_or_else(|| {
+            let names: Vec<String> = message.fields().map(|f| f.name().to_owned()).collect();
+            format!(
+                "{walked} ({}) has no field {name:?}; its fields are {}",
+                message.full_name(),
+                names.join(", ")
+            )
+        })
+    };
+    for segment in parents {
+        let field = field_of(&message, segment, &walked)?;
+        walked.push('.');
+        walked.push_str(segment);
+        match field.kind() {
+            Kind::Message(inner) if !field.is_list() && !field.is_map() => message = inner,
+            _ => return Err(format!("{walked} is not a message, so it has no fields")),
+        }
+    }
+    let field = field_of(&message, last, &walked)?;
+    walked.push('.');
+    walked.push_str(last);
+    if field.is_list() || field.is_map() {
+        return Err(format!(
+            "{walked} is repeated; only a singular string or bytes field can be protected"
+        ));
+    }
+    match field.kind() {
+        Kind::String => Ok(FieldKind::String),
+        Kind::Bytes => Ok(FieldKind::Bytes),
+        other => Err(format!(
+            "{walked} is of type {other:?}; only string and bytes fields can be protected in place \
+             (protect a string or bytes field, or change the schema so the value is carried as one)"
+        )),
     }
 }
 

@@ -201,6 +201,20 @@ impl RegistryClient {
         Ok(Some((source, subjects)))
     }
 
+    /// The id of the latest schema registered under `subject`; `None` when the subject has
+    /// none.
+    pub(crate) async fn latest_id(&self, subject: &str) -> Result<Option<u32>, Lookup> {
+        #[derive(Deserialize)]
+        struct Latest {
+            id: u32,
+        }
+        let path = format!(
+            "/subjects/{}/versions/latest",
+            utf8_percent_encode(subject, NON_ALPHANUMERIC)
+        );
+        Ok(self.get::<Latest>(&path, false).await?.map(|l| l.id))
+    }
+
     /// Fetches `reference` and, first, everything it references, appending each schema once
     /// after its own dependencies.
     async fn resolve(

@@ -54,6 +54,7 @@ use crate::{
     frame::Frame,
     limits::Budget,
     metrics::Metrics,
+    protect::Protection,
     records::{Batch, OwnedRecord, RecordError, set_base_sequence},
     schema::{self, CompiledSchema, Lookup, OnFailure, Schemas},
 };
@@ -71,6 +72,8 @@ pub struct DataQuality {
     pub sequences: Sequences,
     /// Most bytes one request's batches may decompress to.
     pub max_decompressed: usize,
+    /// Protects the fields a rule names, in the records that go upstream.
+    pub protection: Protection,
 }
 
 /// What happens to one record.
@@ -338,8 +341,37 @@ impl DataQuality {
                 }
             };
         }
-        self.decide(topic, partition, raw, rule, verdicts, producer, metrics)
+        let outcome = self
+            .decide(
+                topic,
+                partition,
+                raw.clone(),
+                rule,
+                verdicts,
+                producer,
+                metrics,
+            )
+            .await;
+        if rule.fields.is_empty() {
+            return outcome;
+        }
+        let upstream = match outcome {
+            Outcome::Unchanged => raw,
+            Outcome::Replace(bytes) => bytes,
+            answered @ Outcome::Answer(_) => return answered,
+        };
+        match self
+            .protection
+            .on_produce(topic, rule, upstream, &self.schemas, metrics)
             .await
+        {
+            Ok(protected) => Outcome::Replace(protected),
+            Err(refusal) => {
+                tracing::warn!(conn = producer.conn, topic, partition, policy = %rule.id, error = ?refusal.error, "{}", refusal.message);
+                metrics.record_outcome(topic, &rule.id, "protection_refused", 1);
+                Outcome::Answer(partition_answer(partition, refusal.error, refusal.message))
+            }
+        }
     }
 
     /// Looks up every schema id the governed keys and values carry, at most once each.

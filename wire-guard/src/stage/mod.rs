@@ -9,7 +9,8 @@
 //! | Metadata, FindCoordinator, DescribeCluster | | always | [`crate::rewrite`]: broker addresses |
 //! | DescribeConfigs | | always | [`crate::rewrite`]: address-bearing config values |
 //! | SaslHandshake, SaslAuthenticate | always | SaslAuthenticate | [`crate::sasl`]: learn the principal |
-//! | Produce | when a `topics:` policy is in force | when the proxy answered some partitions itself | [`data_quality`] |
+//! | Produce | when a `topics:` policy is in force | when the proxy answered some partitions itself | [`data_quality`], then [`crate::protect`] for rules with `fields:` |
+//! | Fetch | | when a rule protects fields | [`reveal`] |
 //!
 //! The data-quality stage returns a [`ProduceAction`]: forward the request as received, forward
 //! a changed request and merge the partitions it answered itself into the broker's response,
@@ -18,6 +19,7 @@
 //! bytes received.
 
 pub mod data_quality;
+pub mod reveal;
 pub mod sequences;
 
 use kafka_protocol::messages::{ApiKey, TopicName, produce_response::PartitionProduceResponse};
@@ -49,6 +51,8 @@ pub fn version_checked(key: ApiKey) -> bool {
 pub struct DecodeTable {
     /// A `topics:` policy governs some topic: Produce requests are read and checked.
     pub produce: bool,
+    /// A rule protects fields: Fetch responses are read and revealed or masked per reader.
+    pub fetch: bool,
 }
 
 impl DecodeTable {

@@ -1,0 +1,687 @@
+//! Field protection: the fields a topic rule's `fields:` names are encrypted, tokenized or
+//! masked in every record produced to the topic, and revealed, masked or left protected in
+//! every record fetched from it, according to who is reading.
+//!
+//! - [`envelope`]: the formats written into records (encrypted-field envelope, key header,
+//!   tokens, masks), documented in `docs/field-protection.md`.
+//! - this module: the two passes over a partition's record batches. Keys are gathered first
+//!   (data keys from the KMS through its cache, one block of uses per batch; unwrapped keys
+//!   for the key headers met on fetch), then the records are rewritten off the I/O threads,
+//!   each field found through the value's registered schema
+//!   ([`crate::schema::CompiledSchema::edit_fields`]).
+//!
+//! On produce, a record whose protected field cannot be found or rewritten refuses its
+//! partition (`INVALID_RECORD`), and a KMS that cannot be reached refuses it with a retriable
+//! error: a protected field never reaches the broker in the clear. On fetch, a field that does
+//! not hold an envelope (written around the proxy) is counted, logged and masked for readers
+//! outside `reveal_to`; a field that does not authenticate (changed on the broker side) is
+//! masked for everyone.
+
+pub mod envelope;
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::Arc,
+};
+
+use bytes::Bytes;
+use kafka_protocol::ResponseError;
+use shared::{
+    policy::{FieldAction, FieldRule, TopicRule},
+    principal::Principal,
+};
+use zeroize::Zeroizing;
+
+use self::envelope::{KEY_HEADER, KeyHeader, KeyId};
+use crate::{
+    kms::{DATA_KEY_LEN, Kms, KmsError},
+    metrics::Metrics,
+    records::{Batch, RecordEdit, RecordError},
+    schema::{
+        CompiledSchema, Lookup, Schemas,
+        fields::{EditError, FieldKind},
+        framing,
+    },
+};
+
+/// Why a partition could not be protected or revealed: the error code its answer carries.
+#[derive(Debug)]
+pub struct Refusal {
+    pub error: ResponseError,
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(error: ResponseError, message: impl Into<String>) -> Refusal {
+        Refusal {
+            error,
+            message: message.into(),
+        }
+    }
+
+    fn kms(e: &KmsError) -> Refusal {
+        if e.is_retriable() {
+            // The producer retries (and the consumer fetches again) once the KMS is back.
+            Refusal::new(
+                ResponseError::RequestTimedOut,
+                format!("KMS unavailable, retry: {e}"),
+            )
+        } else {
+            Refusal::new(
+                ResponseError::UnknownServerError,
+                format!("field protection: {e}"),
+            )
+        }
+    }
+}
+
+fn record_refusal(e: RecordError) -> Refusal {
+    Refusal::new(ResponseError::CorruptMessage, e.to_string())
+}
+
+/// The long-lived parts of field protection, shared by every connection.
+pub struct Protection {
+    /// `None` when no `kms:` backend is configured: only keyless masks can then be applied.
+    pub kms: Option<Arc<dyn Kms>>,
+    /// Most bytes one partition's batches may decompress to.
+    pub max_decompressed: usize,
+}
+
+/// The key material one field rule needs on produce.
+enum ProduceKey {
+    /// A data key with a block of uses reserved, its id and its header.
+    Seal {
+        key: Zeroizing<[u8; DATA_KEY_LEN]>,
+        id: KeyId,
+        first_use: u32,
+        header: Vec<u8>,
+    },
+    Token(ring::hmac::Key),
+    Mask(usize),
+}
+
+impl Protection {
+    fn kms(&self) -> Result<&Arc<dyn Kms>, Refusal> {
+        self.kms.as_ref().ok_or_else(|| {
+            Refusal::new(
+                ResponseError::UnknownServerError,
+                "field protection needs a KMS, and none is configured (kms: in the configuration)",
+            )
+        })
+    }
+
+    /// The compiled schemas of every framed value in `batches`.
+    async fn value_schemas(
+        schemas: &Schemas,
+        batches: &[Batch],
+    ) -> Result<HashMap<u32, Arc<CompiledSchema>>, Refusal> {
+        let mut ids = BTreeSet::new();
+        for b in batches.iter().filter(|b| !b.is_control()) {
+            for r in &b.records {
+                if let Some(Ok((id, _))) = b.value(r).map(framing::split) {
+                    ids.insert(id);
+                }
+            }
+        }
+        let mut out = HashMap::new();
+        for id in ids {
+            match schemas.get(id).await {
+                Ok(schema) => {
+                    out.insert(id, schema);
+                }
+                Err(Lookup::Unavailable(why)) => {
+                    return Err(Refusal::new(
+                        ResponseError::RequestTimedOut,
+                        format!("schema registry unavailable, retry: {why}"),
+                    ));
+                }
+                Err(other) => {
+                    return Err(Refusal::new(
+                        ResponseError::InvalidRecord,
+                        format!("schema {id}: {other}"),
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Protects the fields `rule` names in a partition's records produced to `topic`; returns
+    /// the batches to send upstream.
+    pub async fn on_produce(
+        &self,
+        topic: &str,
+        rule: &TopicRule,
+        records: Bytes,
+        schemas: &Schemas,
+        metrics: &Metrics,
+    ) -> Result<Bytes, Refusal> {
+        let limit = self.max_decompressed;
+        let (batches, raw) = tokio::task::spawn_blocking(move || {
+            let mut left = limit;
+            Batch::parse_all(&records, &mut left).map(|b| (b, records))
+        })
+        .await
+        .map_err(|e| Refusal::new(ResponseError::UnknownServerError, e.to_string()))?
+        .map_err(record_refusal)?;
+        let count: usize = batches.iter().map(|b| b.records.len()).sum();
+        let uses = u32::try_from(count).unwrap_or(u32::MAX);
+        let mut keys = Vec::with_capacity(rule.fields.len());
+        for field in &rule.fields {
+            keys.push(self.produce_key(topic, field, uses).await?);
+        }
+        let values = Self::value_schemas(schemas, &batches).await?;
+        let topic_owned = topic.to_owned();
+        let fields = rule.fields.clone();
+        let rewritten = tokio::task::spawn_blocking(move || {
+            protect_batches(&topic_owned, &fields, &keys, &values, &batches, &raw)
+        })
+        .await
+        .map_err(|e| Refusal::new(ResponseError::UnknownServerError, e.to_string()))?;
+        let (bytes, counts) = rewritten?;
+        for (field, n) in rule.fields.iter().zip(counts) {
+            metrics.field_outcome(
+                topic,
+                &field.path.to_string(),
+                field.action.as_str(),
+                "protected",
+                n,
+            );
+        }
+        Ok(bytes)
+    }
+
+    async fn produce_key(
+        &self,
+        topic: &str,
+        field: &FieldRule,
+        uses: u32,
+    ) -> Result<ProduceKey, Refusal> {
+        let path = field.path.to_string();
+        match (field.action, &field.key) {
+            (FieldAction::Mask { keep_last }, None) => Ok(ProduceKey::Mask(keep_last)),
+            (FieldAction::Tokenize, Some(kms_key)) => {
+                let derived = self
+                    .kms()?
+                    .derive_key(kms_key, &envelope::token_context())
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(topic, field = %path, kms_key = %kms_key, error = %e, "no token key; partition refused");
+                        Refusal::kms(&e)
+                    })?;
+                Ok(ProduceKey::Token(ring::hmac::Key::new(
+                    ring::hmac::HMAC_SHA256,
+                    derived.as_slice(),
+                )))
+            }
+            (_, Some(kms_key)) => {
+                let data_key = self
+                    .kms()?
+                    .reserve_data_key(kms_key, &envelope::context(topic, &path), uses)
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(topic, field = %path, kms_key = %kms_key, error = %e, "no data key; partition refused, nothing sent upstream");
+                        Refusal::kms(&e)
+                    })?;
+                let header = KeyHeader {
+                    kms_key: kms_key.clone(),
+                    field: path,
+                    wrapped: data_key.wrapped.to_vec(),
+                }
+                .encode();
+                Ok(ProduceKey::Seal {
+                    id: envelope::key_id(&data_key.wrapped),
+                    first_use: data_key.use_index,
+                    key: data_key.plaintext,
+                    header,
+                })
+            }
+            (action, None) => Err(Refusal::new(
+                ResponseError::UnknownServerError,
+                format!("field {path}: {} without a key", action.as_str()),
+            )),
+        }
+    }
+
+    /// Reveals, masks or leaves protected the fields `rule` names in a partition's fetched
+    /// records, for `reader`; `None` when nothing changed.
+    pub async fn on_fetch(
+        &self,
+        topic: &str,
+        rule: &TopicRule,
+        records: Bytes,
+        reader: Option<&Principal>,
+        schemas: &Schemas,
+        metrics: &Metrics,
+    ) -> Result<Option<Bytes>, Refusal> {
+        let plan: Vec<FetchPlan> = rule
+            .fields
+            .iter()
+            .map(|f| FetchPlan::for_reader(f, reader))
+            .collect();
+        if plan.iter().all(|p| matches!(p, FetchPlan::Leave)) {
+            return Ok(None);
+        }
+        let limit = self.max_decompressed;
+        let parsed = tokio::task::spawn_blocking(move || {
+            let mut left = limit;
+            Batch::parse_fetched(&records, &mut left).map(|(b, end)| (b, end, records))
+        })
+        .await
+        .map_err(|e| Refusal::new(ResponseError::UnknownServerError, e.to_string()))?;
+        let (batches, end, raw) = match parsed {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                // What the broker holds is what the client gets: ciphertext at worst.
+                tracing::warn!(topic, error = %e, "fetched records unreadable; passed on unchanged");
+                return Ok(None);
+            }
+        };
+        // Unwrap the data keys of the fields this reader needs decrypted.
+        let wanted: Vec<String> = rule
+            .fields
+            .iter()
+            .zip(&plan)
+            .filter(|(_, p)| p.decrypts())
+            .map(|(f, _)| f.path.to_string())
+            .collect();
+        let mut headers: HashMap<KeyId, KeyHeader> = HashMap::new();
+        for b in batches.iter().filter(|b| !b.is_control()) {
+            for r in &b.records {
+                for h in &r.headers {
+                    if b.bytes(&h.key) != KEY_HEADER.as_bytes() {
+                        continue;
+                    }
+                    if let Some(header) =
+                        h.value.as_ref().and_then(|v| KeyHeader::decode(b.bytes(v)))
+                        && wanted.contains(&header.field)
+                    {
+                        headers
+                            .entry(envelope::key_id(&header.wrapped))
+                            .or_insert(header);
+                    }
+                }
+            }
+        }
+        let mut unwrapped: HashMap<KeyId, Zeroizing<[u8; DATA_KEY_LEN]>> = HashMap::new();
+        if !headers.is_empty() {
+            let kms = self.kms()?;
+            for (id, header) in &headers {
+                let context = envelope::context(topic, &header.field);
+                match kms
+                    .decrypt_data_key(&header.kms_key, &header.wrapped, &context)
+                    .await
+                {
+                    Ok(key) => {
+                        unwrapped.insert(*id, key);
+                    }
+                    Err(e) if e.is_retriable() => return Err(Refusal::kms(&e)),
+                    Err(e) => {
+                        // A key the KMS refuses stays unreadable: its fields are masked.
+                        tracing::warn!(topic, field = %header.field, kms_key = %header.kms_key, data_key = %crate::kms::fingerprint(&header.wrapped), error = %e, "data key refused; its fields are masked");
+                    }
+                }
+            }
+        }
+        let values = Self::value_schemas(schemas, &batches).await?;
+        let topic_owned = topic.to_owned();
+        let fields = rule.fields.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            reveal_batches(
+                &topic_owned,
+                &fields,
+                &plan,
+                &unwrapped,
+                &values,
+                &batches,
+                &raw,
+                end,
+            )
+        })
+        .await
+        .map_err(|e| Refusal::new(ResponseError::UnknownServerError, e.to_string()))?;
+        let (bytes, counts) = done;
+        for ((field, outcome), n) in counts {
+            let rule = &rule.fields[field];
+            if outcome == "plaintext_found" {
+                tracing::warn!(topic, field = %rule.path, records = n, "plaintext found where the policy stores ciphertext: written around the proxy");
+            } else if outcome == "unreadable" {
+                tracing::warn!(topic, field = %rule.path, records = n, "encrypted field does not authenticate (changed on the broker side, or its key is refused); masked");
+            }
+            metrics.field_outcome(
+                topic,
+                &rule.path.to_string(),
+                rule.action.as_str(),
+                outcome,
+                n,
+            );
+        }
+        Ok(bytes)
+    }
+}
+
+/// Problems with the policy's field rules that can be known before any record arrives: keys
+/// whose backend is not configured, and (for rules naming literal topics with the topic
+/// subject strategy) fields the subject's latest schema lacks or cannot protect in place.
+/// A registry that cannot be asked is logged, not an error: records are checked as they come.
+pub async fn check_policy(
+    policy: &shared::policy::TopicPolicy,
+    kms: Option<&crate::kms::KmsConfig>,
+    schemas: Option<&Schemas>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    for rule in &policy.rules {
+        for field in &rule.fields {
+            let Some(key) = &field.key else { continue };
+            let configured = match (key, kms) {
+                (crate::kms::KeyRef::Aws(_), Some(k)) => k.aws.is_some(),
+                (crate::kms::KeyRef::Local(_), Some(k)) => k.local.is_some(),
+                (_, None) => false,
+            };
+            if !configured {
+                problems.push(format!(
+                    "rule {}: field {} names {key}, but the {} backend is not configured (pass {}, or set kms: in the config file)",
+                    rule.id,
+                    field.path,
+                    key.backend(),
+                    match key {
+                        crate::kms::KeyRef::Aws(_) => "--kms-aws-region or --kms-aws-endpoint",
+                        crate::kms::KeyRef::Local(_) => "--kms-local-keyring",
+                    }
+                ));
+            }
+        }
+        let (Some(schemas), Some(value)) = (schemas, &rule.value) else {
+            continue;
+        };
+        if rule.fields.is_empty() || value.strategy != shared::policy::SubjectStrategy::Topic {
+            continue;
+        }
+        for topic in &rule.topics {
+            let shared::policy::TopicPattern::Literal(topic) = topic else {
+                continue;
+            };
+            let subject = format!("{topic}-value");
+            match schemas.latest(&subject).await {
+                Ok(Some(schema)) => {
+                    for field in &rule.fields {
+                        if let Err(why) = schema.check_path(&field.path) {
+                            problems.push(format!(
+                                "rule {}: field {} in subject {subject} (schema {}): {why}",
+                                rule.id, field.path, schema.id
+                            ));
+                        }
+                    }
+                }
+                Ok(None) => {
+                    tracing::info!(rule = %rule.id, subject, "no schema registered yet; protected fields are checked as records arrive")
+                }
+                Err(e) => {
+                    tracing::warn!(rule = %rule.id, subject, error = %e, "protected fields not checked at startup: the registry did not answer; they are checked as records arrive")
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// What one field rule means for one reader.
+#[derive(Debug, Clone, Copy)]
+enum FetchPlan {
+    /// Keyless masks: stored as the reader gets them.
+    Leave,
+    /// Tokens: stored as the reader gets them; a value that is not a token was written
+    /// around the proxy and is masked.
+    Token,
+    /// Encrypted for a reader outside `reveal_to`: the ciphertext as stored; plaintext written
+    /// around the proxy is masked.
+    Withhold,
+    /// Decrypted for a reader in `reveal_to`.
+    Reveal,
+    /// Decrypted and masked, keeping the last characters.
+    Mask(usize),
+}
+
+impl FetchPlan {
+    fn for_reader(field: &FieldRule, reader: Option<&Principal>) -> FetchPlan {
+        if field.action == FieldAction::Tokenize {
+            return FetchPlan::Token;
+        }
+        if !field.stored_encrypted() {
+            return FetchPlan::Leave;
+        }
+        if field.reveals_to(reader) {
+            return FetchPlan::Reveal;
+        }
+        match field.action {
+            FieldAction::Mask { keep_last } => FetchPlan::Mask(keep_last),
+            _ => FetchPlan::Withhold,
+        }
+    }
+
+    fn decrypts(self) -> bool {
+        matches!(self, FetchPlan::Reveal | FetchPlan::Mask(_))
+    }
+}
+
+/// The produce pass: every record's protected fields rewritten, key headers added. Returns the
+/// batches and, per field rule, how many fields it protected.
+fn protect_batches(
+    topic: &str,
+    fields: &[FieldRule],
+    keys: &[ProduceKey],
+    values: &HashMap<u32, Arc<CompiledSchema>>,
+    batches: &[Batch],
+    raw: &Bytes,
+) -> Result<(Bytes, Vec<u64>), Refusal> {
+    let paths: Vec<&shared::policy::FieldPath> = fields.iter().map(|f| &f.path).collect();
+    let texts: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+    let mut next_use: Vec<u32> = keys
+        .iter()
+        .map(|k| match k {
+            ProduceKey::Seal { first_use, .. } => *first_use,
+            _ => 0,
+        })
+        .collect();
+    let mut counts = vec![0u64; fields.len()];
+    let mut checked = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    let mut index = 0usize;
+    for batch in batches {
+        if batch.is_control() {
+            out.extend_from_slice(&raw[batch.raw.clone()]);
+            continue;
+        }
+        let mut edits = Vec::with_capacity(batch.records.len());
+        for record in &batch.records {
+            let Some(value) = batch.value(record) else {
+                // A tombstone holds no field.
+                edits.push(None);
+                index += 1;
+                continue;
+            };
+            let refuse = |why: String| {
+                Refusal::new(
+                    ResponseError::InvalidRecord,
+                    format!("record {index}: field protection: {why}"),
+                )
+            };
+            let (id, payload) =
+                framing::split(value).map_err(|e| refuse(format!("value: {}", e.message)))?;
+            let schema = values
+                .get(&id)
+                .ok_or_else(|| refuse(format!("schema {id} unknown")))?;
+            // A field the schema lacks would pass unprotected: refuse the schema instead.
+            if checked.insert(id) {
+                for path in &paths {
+                    schema
+                        .check_path(path)
+                        .map_err(|why| refuse(format!("schema {id}: {why}")))?;
+                }
+            }
+            let mut used = vec![false; fields.len()];
+            let edited = schema.edit_fields(payload, &paths, |i, kind, current| {
+                let new = match &keys[i] {
+                    ProduceKey::Seal { key, id, .. } => {
+                        let n = next_use[i];
+                        next_use[i] = n.wrapping_add(1);
+                        used[i] = true;
+                        envelope::seal(key, id, n, topic, &texts[i], kind, current)
+                    }
+                    ProduceKey::Token(mac) => envelope::token(mac, kind, current),
+                    ProduceKey::Mask(keep_last) => envelope::mask(kind, current, *keep_last),
+                };
+                counts[i] += 1;
+                Ok::<_, std::convert::Infallible>(Some(new))
+            });
+            let edited = match edited {
+                Ok(edited) => edited,
+                Err(EditError::Shape(why)) => return Err(refuse(why)),
+                Err(EditError::Edit(never)) => match never {},
+            };
+            let framing_len = value.len() - payload.len();
+            edits.push(edited.map(|payload| {
+                let mut value = value[..framing_len].to_vec();
+                value.extend_from_slice(&payload);
+                let headers = keys
+                    .iter()
+                    .zip(&used)
+                    .filter_map(|(k, used)| match (k, used) {
+                        (ProduceKey::Seal { header, .. }, true) => {
+                            Some((KEY_HEADER.as_bytes().to_vec(), header.clone()))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                RecordEdit { value, headers }
+            }));
+            index += 1;
+        }
+        if edits.iter().all(Option::is_none) {
+            out.extend_from_slice(&raw[batch.raw.clone()]);
+        } else {
+            out.extend_from_slice(&batch.rewrite(&edits).map_err(record_refusal)?);
+        }
+    }
+    Ok((Bytes::from(out), counts))
+}
+
+/// The fetch pass. Returns the new record set (or `None` when no field changed) and counts by
+/// (field rule, outcome).
+#[allow(clippy::too_many_arguments)]
+fn reveal_batches(
+    topic: &str,
+    fields: &[FieldRule],
+    plan: &[FetchPlan],
+    unwrapped: &HashMap<KeyId, Zeroizing<[u8; DATA_KEY_LEN]>>,
+    values: &HashMap<u32, Arc<CompiledSchema>>,
+    batches: &[Batch],
+    raw: &Bytes,
+    end: usize,
+) -> (Option<Bytes>, HashMap<(usize, &'static str), u64>) {
+    let paths: Vec<&shared::policy::FieldPath> = fields.iter().map(|f| &f.path).collect();
+    let texts: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+    let mut counts: HashMap<(usize, &'static str), u64> = HashMap::new();
+    let mut out = Vec::with_capacity(end);
+    let mut changed = false;
+    for batch in batches {
+        let mut edits: Vec<Option<RecordEdit>> = Vec::new();
+        if !batch.is_control() {
+            for record in &batch.records {
+                let edit = batch.value(record).and_then(|value| {
+                    let (id, payload) = framing::split(value).ok()?;
+                    let schema = values.get(&id)?;
+                    let edited = schema.edit_fields(payload, &paths, |i, kind, current| {
+                        let (new, outcome) = reveal_field(
+                            plan[i], kind, current, unwrapped, topic, &texts[i], &fields[i],
+                        );
+                        if let Some(outcome) = outcome {
+                            *counts.entry((i, outcome)).or_default() += 1;
+                        }
+                        Ok::<_, std::convert::Infallible>(new)
+                    });
+                    match edited {
+                        Ok(Some(new_payload)) => {
+                            let mut new = value[..value.len() - payload.len()].to_vec();
+                            new.extend_from_slice(&new_payload);
+                            Some(RecordEdit {
+                                value: new,
+                                headers: Vec::new(),
+                            })
+                        }
+                        _ => None,
+                    }
+                });
+                edits.push(edit);
+            }
+        }
+        if edits.iter().all(Option::is_none) {
+            out.extend_from_slice(&raw[batch.raw.clone()]);
+            continue;
+        }
+        match batch.rewrite(&edits) {
+            Ok(bytes) => {
+                out.extend_from_slice(&bytes);
+                changed = true;
+            }
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "rewriting a fetched batch failed; passed on unchanged");
+                out.extend_from_slice(&raw[batch.raw.clone()]);
+            }
+        }
+    }
+    // A batch cut off at the fetch size is dropped only when the set changed (the client
+    // fetches it again from its offset); an unchanged set goes on as received.
+    (changed.then(|| Bytes::from(out)), counts)
+}
+
+/// One field for one reader: the replacement (if any) and the outcome to count.
+fn reveal_field(
+    plan: FetchPlan,
+    kind: FieldKind,
+    current: &[u8],
+    unwrapped: &HashMap<KeyId, Zeroizing<[u8; DATA_KEY_LEN]>>,
+    topic: &str,
+    path: &str,
+    _rule: &FieldRule,
+) -> (Option<Vec<u8>>, Option<&'static str>) {
+    if let FetchPlan::Token = plan {
+        return if envelope::is_token(kind, current) {
+            (None, None)
+        } else {
+            (
+                Some(envelope::mask(kind, current, 0)),
+                Some("plaintext_found"),
+            )
+        };
+    }
+    let sealed = envelope::open_envelope(kind, current);
+    match (plan, sealed) {
+        (FetchPlan::Leave | FetchPlan::Token, _) => (None, None),
+        // Plaintext where ciphertext belongs: never shown to a reader who may not see it.
+        (FetchPlan::Withhold | FetchPlan::Mask(_), None) => (
+            Some(envelope::mask(kind, current, 0)),
+            Some("plaintext_found"),
+        ),
+        (FetchPlan::Reveal, None) => (None, Some("plaintext_found")),
+        (FetchPlan::Withhold, Some(_)) => (None, None),
+        (FetchPlan::Reveal | FetchPlan::Mask(_), Some(sealed)) => {
+            let plain = unwrapped
+                .get(&sealed.key_id)
+                .and_then(|key| envelope::unseal(key, &sealed, topic, path));
+            match (plain, plan) {
+                (Some(plain), FetchPlan::Reveal) => {
+                    if kind == FieldKind::String && std::str::from_utf8(&plain).is_err() {
+                        return (Some(envelope::mask(kind, current, 0)), Some("unreadable"));
+                    }
+                    (Some(plain.to_vec()), Some("revealed"))
+                }
+                (Some(plain), FetchPlan::Mask(keep_last)) => (
+                    Some(envelope::mask(kind, &plain, keep_last)),
+                    Some("masked"),
+                ),
+                _ => (Some(envelope::mask(kind, current, 0)), Some("unreadable")),
+            }
+        }
+    }
+}
