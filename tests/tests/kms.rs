@@ -183,3 +183,54 @@ async fn an_unreachable_kms_is_retried_then_reported_as_unavailable() -> anyhow:
     assert_eq!(*plaintext, *cached.plaintext);
     Ok(())
 }
+
+#[tokio::test]
+async fn token_keys_derive_from_an_hmac_key_the_same_on_every_instance() -> anyhow::Result<()> {
+    integration_tests::stack::init_test_logging();
+    let moto = Moto::start().await?;
+    let admin = moto.admin_client().await;
+    let mut ids = Vec::new();
+    for alias in ["alias/tokens", "alias/other-tokens"] {
+        let created = admin
+            .create_key()
+            .key_spec(aws_sdk_kms::types::KeySpec::Hmac256)
+            .key_usage(aws_sdk_kms::types::KeyUsageType::GenerateVerifyMac)
+            .send()
+            .await?;
+        let id = created.key_metadata.map(|m| m.key_id).unwrap_or_default();
+        admin
+            .create_alias()
+            .alias_name(alias)
+            .target_key_id(&id)
+            .send()
+            .await?;
+        ids.push(id);
+    }
+    moto.create_key("alias/symmetric").await?;
+    let parse = |text: &str| text.parse::<KeyRef>().map_err(anyhow::Error::msg);
+    let context = EncryptionContext::new().with("wire-guard.purpose", "token");
+    let one = stack(&moto, RetryConfig::default(), &registry()).await;
+    let two = stack(&moto, RetryConfig::default(), &registry()).await;
+    let a = one
+        .derive_key(&parse("aws-kms:alias/tokens")?, &context)
+        .await?;
+    let b = two
+        .derive_key(&parse("aws-kms:alias/tokens")?, &context)
+        .await?;
+    assert_eq!(*a, *b, "two instances derive different token keys");
+    let other = one
+        .derive_key(&parse("aws-kms:alias/other-tokens")?, &context)
+        .await?;
+    assert_ne!(*a, *other);
+    let by_id = one
+        .derive_key(&parse(&format!("aws-kms:{}", ids[0]))?, &context)
+        .await?;
+    assert_eq!(*a, *by_id);
+    // An encryption key cannot make MACs: refused, not retried.
+    let err = one
+        .derive_key(&parse("aws-kms:alias/symmetric")?, &context)
+        .await
+        .expect_err("a symmetric key derived a token key");
+    assert!(!err.is_retriable(), "{err}");
+    Ok(())
+}

@@ -87,11 +87,29 @@ fn keyring(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
     Ok(path)
 }
 
+fn local_kms(keyring: &Path) -> KmsConfig {
+    KmsConfig {
+        local: Some(LocalKeyringConfig {
+            path: keyring.to_owned(),
+        }),
+        ..KmsConfig::default()
+    }
+}
+
 /// wire-guard in front of the broker's SASL listener, with `policy` and the local keyring.
 async fn guarded(
     policy: &str,
     registry: &str,
     keyring: &Path,
+    dir: &Path,
+) -> anyhow::Result<InProcess> {
+    guarded_with(policy, registry, local_kms(keyring), dir).await
+}
+
+async fn guarded_with(
+    policy: &str,
+    registry: &str,
+    kms: KmsConfig,
     dir: &Path,
 ) -> anyhow::Result<InProcess> {
     let policies = dir.join(format!("policies-{}", run_id()));
@@ -100,14 +118,10 @@ async fn guarded(
     let kafka = tokio::task::spawn_blocking(broker::shared).await?;
     let upstream = kafka.endpoint_of(kafka.listeners.sasl_plaintext);
     let registry = registry.to_owned();
-    let keyring = keyring.to_owned();
     InProcess::start(&upstream, move |c| {
         c.policies = Some(policies);
         c.schema_registry = Some(RegistryConfig::new(registry));
-        c.kms = Some(KmsConfig {
-            local: Some(LocalKeyringConfig { path: keyring }),
-            ..KmsConfig::default()
-        });
+        c.kms = Some(kms);
     })
     .await
 }
@@ -417,5 +431,190 @@ async fn a_policy_naming_a_missing_or_unprotectable_field_is_refused_at_startup(
     ] {
         assert!(err.contains(expected), "{expected:?} missing from: {err}");
     }
+    Ok(())
+}
+
+/// A TCP gate in front of the KMS emulator: closing it cuts every connection through it and
+/// refuses new ones, as an unreachable KMS would; opening it lets them through again.
+struct Gate {
+    addr: std::net::SocketAddr,
+    open: std::sync::Arc<std::sync::Mutex<Option<tokio_util::sync::CancellationToken>>>,
+}
+
+impl Gate {
+    async fn start(target: std::net::SocketAddr) -> anyhow::Result<Gate> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Some(
+            tokio_util::sync::CancellationToken::new(),
+        )));
+        let state = open.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let Some(epoch) = state.lock().expect("gate").clone() else {
+                    continue; // closed: the connection is dropped at once
+                };
+                tokio::spawn(async move {
+                    let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                        () = epoch.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Ok(Gate { addr, open })
+    }
+
+    fn close(&self) {
+        if let Some(epoch) = self.open.lock().expect("gate").take() {
+            epoch.cancel();
+        }
+    }
+
+    fn open(&self) {
+        self.open
+            .lock()
+            .expect("gate")
+            .get_or_insert_with(tokio_util::sync::CancellationToken::new);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_kms_outage_refuses_then_recovers_once_and_rotation_keeps_old_records_readable()
+-> anyhow::Result<()> {
+    let run = run_id();
+    let dir = tempfile::tempdir()?;
+    let moto = integration_tests::kms::Moto::start().await?;
+    let (_, first_arn) = moto.create_key(&format!("alias/fp-{run}")).await?;
+    let target: std::net::SocketAddr = moto.endpoint_url.trim_start_matches("http://").parse()?;
+    let gate = Gate::start(target).await?;
+    let registry = Registry::start().await?;
+    let topic = format!("fp-aws-{run}");
+    let id = registry
+        .register(&format!("{topic}-value"), json!({ "schema": CUSTOMER }))
+        .await?;
+    let direct = broker::shared().endpoint().bootstrap;
+    create_topics(&direct, &[(&topic, 1)]).await?;
+    let policy = format!(
+        r#"topics:
+  - id: customers-aws
+    match: ["{topic}"]
+    value: {{ schema: required }}
+    fields:
+      - {{ path: "$.card.number", action: encrypt, key: "aws-kms:alias/fp-{run}", reveal_to: ["user:alice"] }}
+"#
+    );
+    let mut aws = moto.kms_config();
+    aws.endpoint_url = Some(format!("http://{}", gate.addr));
+    aws.attempt_timeout_ms = Some(1_000);
+    let kms = KmsConfig {
+        aws: Some(aws),
+        // One data key per batch, so every produce asks the KMS: data keys rotate.
+        cache: wire_guard::kms::CacheConfig {
+            max_uses: 1,
+            ..Default::default()
+        },
+        retry: wire_guard::kms::RetryConfig {
+            max_attempts: 2,
+            initial_backoff_ms: 10,
+            max_backoff_ms: 100,
+            total_timeout_ms: 3_000,
+        },
+        ..KmsConfig::default()
+    };
+    let proxy = guarded_with(&policy, &registry.url, kms, dir.path()).await?;
+    let bob = login("bob");
+    let one = |n: usize| -> anyhow::Result<std::path::PathBuf> {
+        payload_file(
+            dir.path(),
+            &topic,
+            "snappy",
+            true,
+            &[Out::value(
+                0,
+                framed(id, &customer(&format!("c{n}"), CARD, EMAIL, PHONE)),
+            )],
+        )
+    };
+    let result = produce("java", &proxy.bootstrap(), &one(0)?, &args(&bob)).await?;
+    assert_eq!(result["delivered"], 1, "{result}");
+
+    // The KMS goes away: the idempotent producer's batch is refused with a retriable error and
+    // nothing reaches the broker; it lands, once, when the KMS is back.
+    gate.close();
+    let file = one(1)?;
+    let bootstrap = proxy.bootstrap();
+    let mut extra = bob.clone();
+    extra.extend(["--delivery-timeout-ms".to_owned(), "180000".to_owned()]);
+    let pending =
+        tokio::spawn(async move { produce("java", &bootstrap, &file, &args(&extra)).await });
+    let mut refused = false;
+    for _ in 0..600 {
+        let metrics = proxy.metrics().await?;
+        if metric(
+            &metrics,
+            &["wire_guard_records_total", "protection_refused"],
+        ) >= 1.0
+        {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "no produce was refused while the KMS was down");
+    let during = read_topic(&direct, &topic, 1).await?;
+    assert_eq!(
+        during.len(),
+        1,
+        "something reached the broker during the outage: {during:?}"
+    );
+    gate.open();
+    let result = pending.await??;
+    assert_eq!(result["delivered"], 1, "{result}");
+    let after = read_topic(&direct, &topic, 2).await?;
+    assert_eq!(
+        after.len(),
+        2,
+        "the retried batch landed {} times",
+        after.len() - 1
+    );
+    for got in &after {
+        assert!(
+            !contains(got.value.as_deref().unwrap_or_default(), CARD),
+            "{got:?}"
+        );
+    }
+
+    // The alias moves to a new key (the KMS key rotated): new records use it, old ones still
+    // decrypt, because each record names the key that wrapped its data key.
+    let (second_key, second_arn) = moto.create_key(&format!("alias/fp-{run}-next")).await?;
+    moto.admin_client()
+        .await
+        .update_alias()
+        .alias_name(format!("alias/fp-{run}"))
+        .target_key_id(&second_key)
+        .send()
+        .await?;
+    let result = produce("java", &proxy.bootstrap(), &one(2)?, &args(&bob)).await?;
+    assert_eq!(result["delivered"], 1, "{result}");
+    let stored = read_topic(&direct, &topic, 3).await?;
+    let key_of = |got: &Got| {
+        let header = got.header("wire-guard.key").unwrap_or_default();
+        (header.contains(&first_arn), header.contains(&second_arn))
+    };
+    assert_eq!(key_of(&stored[0]), (true, false), "{:?}", stored[0]);
+    assert_eq!(key_of(&stored[2]), (false, true), "{:?}", stored[2]);
+    let as_alice = read_topic_with(&proxy.bootstrap(), &topic, 3, &args(&login("alice"))).await?;
+    assert_eq!(as_alice.len(), 3);
+    for got in &as_alice {
+        assert!(
+            contains(got.value.as_deref().unwrap_or_default(), CARD),
+            "not revealed: {got:?}"
+        );
+    }
+    proxy.stop().await?;
     Ok(())
 }

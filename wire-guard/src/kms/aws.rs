@@ -226,6 +226,7 @@ impl Kms for AwsKms {
             .send()
             .await
             .map_err(|e| classify(e, operation, key))?;
+        let wrapped_by = output.key_id.clone().map(KeyRef::Aws);
         let wrapped = output
             .ciphertext_blob
             .map(|blob| Bytes::from(blob.into_inner()))
@@ -242,6 +243,7 @@ impl Kms for AwsKms {
             plaintext,
             wrapped,
             use_index: 0,
+            wrapped_by,
         })
     }
 

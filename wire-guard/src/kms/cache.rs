@@ -192,12 +192,17 @@ impl CachingKms {
     }
 
     async fn remember_unwrapped(&self, key: &KeyRef, context: &EncryptionContext, data: &DataKey) {
-        self.decrypted
-            .insert(
-                (key.clone(), data.wrapped.clone(), context.clone()),
-                Arc::new(data.plaintext.clone()),
-            )
-            .await;
+        // Readers name the key as the caller did, or as stored beside the data: the precise
+        // key, when the KMS gave one.
+        let plaintext = Arc::new(data.plaintext.clone());
+        for key in std::iter::once(key).chain(data.wrapped_by.as_ref()) {
+            self.decrypted
+                .insert(
+                    (key.clone(), data.wrapped.clone(), context.clone()),
+                    plaintext.clone(),
+                )
+                .await;
+        }
     }
 }
 
@@ -349,6 +354,7 @@ pub(crate) mod tests {
                 plaintext: Zeroizing::new([n as u8; DATA_KEY_LEN]),
                 wrapped: Bytes::from(n.to_be_bytes().to_vec()),
                 use_index: 0,
+                wrapped_by: None,
             })
         }
 

@@ -193,6 +193,7 @@ impl Kms for LocalKeyring {
             plaintext,
             wrapped: Bytes::from(wrapped),
             use_index: 0,
+            wrapped_by: None,
         })
     }
 

@@ -109,6 +109,10 @@ pub struct DataKey {
     /// Which use of this data key the caller is making: 0 for a key fresh from the KMS, and
     /// distinct for every use the cache hands out, so callers can build unique nonces from it.
     pub use_index: u32,
+    /// The KMS key that wrapped it, when the KMS names it more precisely than the reference
+    /// the caller gave (AWS answers the key's ARN for an alias). Stored beside the data, it
+    /// keeps the data readable after the alias is pointed at a new key.
+    pub wrapped_by: Option<KeyRef>,
 }
 
 impl DataKey {
@@ -289,6 +293,7 @@ mod tests {
             plaintext: Zeroizing::new([7; DATA_KEY_LEN]),
             wrapped: Bytes::from_static(b"wrapped"),
             use_index: 0,
+            wrapped_by: None,
         };
         let shown = format!("{key:?}");
         assert!(shown.contains("redacted"), "{shown}");

@@ -224,7 +224,10 @@ impl Protection {
                         Refusal::kms(&e)
                     })?;
                 let header = KeyHeader {
-                    kms_key: kms_key.clone(),
+                    kms_key: data_key
+                        .wrapped_by
+                        .clone()
+                        .unwrap_or_else(|| kms_key.clone()),
                     field: path,
                     wrapped: data_key.wrapped.to_vec(),
                 }
