@@ -47,9 +47,10 @@ impl TopicPolicy {
         self.rules.iter().any(|r| !r.fields.is_empty())
     }
 
-    /// The field rules a consumer of `topic` is served under: those of the first rule that
-    /// matches the topic and protects fields, whoever produced the records (a consumer cannot
-    /// know the producer, and records stored encrypted must be decrypted whoever reads them).
+    /// The rule whose `fields:` protect `topic`: the first that matches the topic and protects
+    /// fields, whatever its `principals` (fields are protected whoever produces, and a consumer
+    /// is served under the same rule whoever produced the records). The rule that checks a
+    /// producer's records ([`TopicPolicy::rule_for`]) may be another.
     pub fn protection_for(&self, topic: &str) -> Option<&TopicRule> {
         self.rules
             .iter()

@@ -197,12 +197,15 @@ impl DataQuality {
         budget: &Budget,
     ) -> Result<ProduceAction, Error> {
         let governs = |name: &str| policy.rule_for(name, producer.principal);
+        // Fields are protected whoever produces: the rule that checks a producer's records
+        // need not be the one that protects the topic's fields.
+        let protects = |name: &str| policy.protection_for(name);
         let (header, mut request) =
             codec::decode_request::<ProduceRequest>(frame, ApiKey::Produce, version)?;
         if !request
             .topic_data
             .iter()
-            .any(|t| governs(&t.name).is_some())
+            .any(|t| governs(&t.name).is_some() || protects(&t.name).is_some())
         {
             return Ok(ProduceAction::Forward);
         }
@@ -210,17 +213,40 @@ impl DataQuality {
         // overlap instead of queueing behind each other.
         let mut checks = Vec::new();
         for (t, topic) in request.topic_data.iter().enumerate() {
-            let Some(rule) = governs(&topic.name) else {
+            let rule = governs(&topic.name);
+            let protect = protects(&topic.name);
+            if rule.is_none() && protect.is_none() {
                 continue;
-            };
+            }
             for (p, data) in topic.partition_data.iter().enumerate() {
                 if let Some(records) = data.records.clone() {
                     let name = topic.name.to_string();
                     let index = data.index;
                     checks.push(async move {
-                        let outcome = self
-                            .partition(&name, index, records, rule, producer, metrics, budget)
-                            .await;
+                        let checked = match rule {
+                            Some(rule) => {
+                                self.partition(
+                                    &name,
+                                    index,
+                                    records.clone(),
+                                    rule,
+                                    producer,
+                                    metrics,
+                                    budget,
+                                )
+                                .await
+                            }
+                            None => Outcome::Unchanged,
+                        };
+                        let outcome = match protect {
+                            Some(protect) => {
+                                self.protect(
+                                    &name, index, records, checked, protect, producer, metrics,
+                                )
+                                .await
+                            }
+                            None => checked,
+                        };
                         (t, p, outcome)
                     });
                 }
@@ -341,21 +367,24 @@ impl DataQuality {
                 }
             };
         }
-        let outcome = self
-            .decide(
-                topic,
-                partition,
-                raw.clone(),
-                rule,
-                verdicts,
-                producer,
-                metrics,
-            )
-            .await;
-        if rule.fields.is_empty() {
-            return outcome;
-        }
-        let upstream = match outcome {
+        self.decide(topic, partition, raw, rule, verdicts, producer, metrics)
+            .await
+    }
+
+    /// Protects the fields `rule` names in what goes upstream for one partition (`raw` when
+    /// the checks left it unchanged).
+    #[allow(clippy::too_many_arguments)]
+    async fn protect(
+        &self,
+        topic: &str,
+        partition: i32,
+        raw: Bytes,
+        checked: Outcome,
+        rule: &TopicRule,
+        producer: &Producer<'_>,
+        metrics: &Metrics,
+    ) -> Outcome {
+        let upstream = match checked {
             Outcome::Unchanged => raw,
             Outcome::Replace(bytes) => bytes,
             answered @ Outcome::Answer(_) => return answered,
