@@ -324,6 +324,11 @@ async fn json_and_protobuf_fields_round_trip_through_every_client() -> anyhow::R
     create_topics(&direct, &[(&json_topic, 1), (&proto_topic, 1)]).await?;
     let policy = format!(
         r#"topics:
+  # Checks bob's records first; the fields are still those of the rule below.
+  - id: contacts-from-bob
+    match: ["{json_topic}", "{proto_topic}"]
+    principals: ["user:bob"]
+    value: {{ schema: required, on_invalid: reject }}
   - id: contacts
     match: ["{json_topic}", "{proto_topic}"]
     value: {{ schema: required }}
