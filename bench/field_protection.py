@@ -13,6 +13,7 @@ one librdkafka client run:
 * produce encrypt: through the protecting proxy, `card` and `email` encrypted (AES-256-GCM
   envelope, data keys from the local keyring through the cache);
 * produce tokenize: `card` and `email` tokenized (HMAC-SHA256 under a derived key);
+* produce sign: every record signed (HMAC-SHA256 over key, value and headers, in a header);
 * consume direct / passthrough: the passthrough row's records read back straight and through
   the passthrough proxy;
 * consume masked: the records of a topic whose rule masks both fields with a key (stored
@@ -84,6 +85,9 @@ topics:
     fields:
       - { path: "$.card", action: tokenize, key: "local:bench-tokens" }
       - { path: "$.email", action: tokenize, key: "local:bench-tokens" }
+  - id: bench-sign
+    match: ["%(p)ssig-*"]
+    sign: { key: "local:bench-tokens", algorithm: hmac-sha256 }
   - id: bench-mask
     match: ["%(p)smask-*"]
     value: { schema: required }
@@ -91,13 +95,15 @@ topics:
       - { path: "$.card", action: mask, keep_last: 4, key: "local:bench" }
       - { path: "$.email", action: mask, keep_last: 4, key: "local:bench" }
 """ % {"p": PREFIX}
-PRODUCE = ("produce_direct", "produce_passthrough", "produce_encrypt", "produce_tokenize")
+PRODUCE = ("produce_direct", "produce_passthrough", "produce_encrypt", "produce_tokenize",
+           "produce_sign")
 CONSUME = ("consume_direct", "consume_passthrough", "consume_masked")
 LABELS = {
     "produce_direct": "produce, direct (no proxy)",
     "produce_passthrough": "produce, passthrough (wire-guard, no policy)",
     "produce_encrypt": "produce, two fields encrypted",
     "produce_tokenize": "produce, two fields tokenized",
+    "produce_sign": "produce, records signed (HMAC-SHA256)",
     "consume_direct": "consume, direct (no proxy)",
     "consume_passthrough": "consume, passthrough",
     "consume_masked": "consume, two encrypted fields decrypted and masked",
@@ -189,6 +195,7 @@ def run_round(args, rnd_no: int, run_id: str, broker: wg.Broker, registry: Regis
         "produce_passthrough": "fp-base-%s-r%d-pass" % (run_id, rnd_no),
         "produce_encrypt": "%senc-%s-r%d" % (PREFIX, run_id, rnd_no),
         "produce_tokenize": "%stok-%s-r%d" % (PREFIX, run_id, rnd_no),
+        "produce_sign": "%ssig-%s-r%d" % (PREFIX, run_id, rnd_no),
         "mask": "%smask-%s-r%d" % (PREFIX, run_id, rnd_no),
     }
     create_topics(broker.bootstrap(), list(topics.values()), args.partitions, 60)
@@ -200,7 +207,8 @@ def run_round(args, rnd_no: int, run_id: str, broker: wg.Broker, registry: Regis
     out: dict = {"round": rnd_no, "rows": {}}
     try:
         via = {"produce_direct": broker.bootstrap(), "produce_passthrough": passthrough.bootstrap(),
-               "produce_encrypt": protecting.bootstrap(), "produce_tokenize": protecting.bootstrap()}
+               "produce_encrypt": protecting.bootstrap(), "produce_tokenize": protecting.bootstrap(),
+               "produce_sign": protecting.bootstrap()}
         order = list(PRODUCE) if rnd_no % 2 == 0 else list(reversed(PRODUCE))
         calls_before = kms_calls(protecting)
         protected_before = fields_protected(protecting)

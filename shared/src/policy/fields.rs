@@ -52,6 +52,62 @@ impl FieldRule {
     }
 }
 
+/// A topic rule's `sign:`: every record produced to the topic is signed, and every record
+/// fetched from it verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignRule {
+    /// The KMS key the signing key is derived from.
+    pub key: KeyRef,
+    pub algorithm: SignAlgorithm,
+    /// Headers covered by the signature besides key and value (the first of each name).
+    pub headers: Vec<String>,
+    pub on_failure: OnSignatureFailure,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignAlgorithm {
+    HmacSha256,
+    Ed25519,
+}
+
+impl SignAlgorithm {
+    pub const ALL: [SignAlgorithm; 2] = [SignAlgorithm::HmacSha256, SignAlgorithm::Ed25519];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignAlgorithm::HmacSha256 => "hmac-sha256",
+            SignAlgorithm::Ed25519 => "ed25519",
+        }
+    }
+}
+
+/// What a consumer gets for a record whose signature is missing or does not verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnSignatureFailure {
+    /// The record, with a `wire-guard.signature` header saying `invalid` or `missing`.
+    Flag,
+    /// Nothing: the record is left out of the fetched batch (its offset is skipped).
+    Drop,
+    /// The partition's fetch fails with `CORRUPT_MESSAGE`.
+    Fail,
+}
+
+impl OnSignatureFailure {
+    pub const ALL: [OnSignatureFailure; 3] = [
+        OnSignatureFailure::Flag,
+        OnSignatureFailure::Drop,
+        OnSignatureFailure::Fail,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnSignatureFailure::Flag => "flag",
+            OnSignatureFailure::Drop => "drop",
+            OnSignatureFailure::Fail => "fail",
+        }
+    }
+}
+
 /// What is done to a field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FieldAction {

@@ -24,7 +24,7 @@ use serde_saphyr::Spanned;
 
 use super::{
     PolicyError, PolicySet,
-    fields::{FieldAction, FieldPath, FieldRule},
+    fields::{FieldAction, FieldPath, FieldRule, OnSignatureFailure, SignAlgorithm, SignRule},
     registry::{Operation, RegistryPolicy, RegistryRule, SubjectPattern},
     topics::{
         OnInvalid, RecordRule, RegistryUnavailable, SubjectStrategy, TopicPattern, TopicPolicy,
@@ -77,6 +77,22 @@ struct TopicRuleDoc {
     value: Option<Spanned<RecordRuleDoc>>,
     #[serde(default)]
     fields: Option<SpannedDocs<FieldRuleDoc>>,
+    #[serde(default)]
+    sign: Option<Spanned<SignDoc>>,
+}
+
+/// A topic rule's `sign:` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignDoc {
+    #[serde(default)]
+    key: Option<Spanned<String>>,
+    #[serde(default)]
+    algorithm: Option<Spanned<String>>,
+    #[serde(default)]
+    headers: Option<SpannedList>,
+    #[serde(default)]
+    on_failure: Option<Spanned<String>>,
 }
 
 type SpannedDocs<T> = Spanned<Vec<Spanned<T>>>;
@@ -469,11 +485,11 @@ fn topic_rule(
         Some(list) => Some(check.principals(&list.value)),
     };
 
-    if doc.key.is_none() && doc.value.is_none() {
+    if doc.key.is_none() && doc.value.is_none() && doc.sign.is_none() {
         check.push(
             rule_at,
             format!("topic rule {name:?} checks neither `key` nor `value`"),
-            "add value: { schema: required } (or key:), or delete the rule",
+            "add value: { schema: required } (or key:, or sign:), or delete the rule",
         );
     }
     let key = doc
@@ -514,6 +530,8 @@ fn topic_rule(
         }
     };
 
+    let sign = doc.sign.as_ref().and_then(|s| sign_rule(check, s));
+
     let id = id.filter(|_| check.errors.len() == before)?;
     let place = doc
         .id
@@ -527,9 +545,98 @@ fn topic_rule(
             key,
             value,
             fields,
+            sign,
         },
         place,
     ))
+}
+
+/// Validates a `sign:`; `None` when it has problems (they are in `check`).
+fn sign_rule(check: &mut Checker<'_>, doc: &Spanned<SignDoc>) -> Option<SignRule> {
+    let before = check.errors.len();
+    let s = &doc.value;
+    let key = match &s.key {
+        None => {
+            check.push(
+                at(doc),
+                "sign: has no `key`".into(),
+                "add key: aws-kms:alias/NAME or key: local:NAME; the signing key is derived from it",
+            );
+            None
+        }
+        Some(k) => match k.value.parse::<KeyRef>() {
+            Ok(key) => Some(key),
+            Err(e) => {
+                check.push(
+                    at(k),
+                    e,
+                    "name a key the wire-guard configuration's kms: section serves",
+                );
+                None
+            }
+        },
+    };
+    let algorithm = match &s.algorithm {
+        None => SignAlgorithm::HmacSha256,
+        Some(a) => SignAlgorithm::ALL
+            .into_iter()
+            .find(|x| x.as_str() == a.value)
+            .unwrap_or_else(|| {
+                let names: Vec<&str> = SignAlgorithm::ALL.iter().map(|x| x.as_str()).collect();
+                check.push(
+                    at(a),
+                    format!("unknown signature algorithm {:?}", a.value),
+                    &format!(
+                        "expected {}{}",
+                        names.join(" or "),
+                        suggestion(&a.value, &names)
+                    ),
+                );
+                SignAlgorithm::HmacSha256
+            }),
+    };
+    let on_failure = match &s.on_failure {
+        None => OnSignatureFailure::Flag,
+        Some(o) => OnSignatureFailure::ALL
+            .into_iter()
+            .find(|x| x.as_str() == o.value)
+            .unwrap_or_else(|| {
+                let names: Vec<&str> = OnSignatureFailure::ALL.iter().map(|x| x.as_str()).collect();
+                check.push(
+                    at(o),
+                    format!("unknown on_failure {:?}", o.value),
+                    &format!(
+                        "expected flag (a wire-guard.signature header), drop or fail{}",
+                        suggestion(&o.value, &names)
+                    ),
+                );
+                OnSignatureFailure::Flag
+            }),
+    };
+    let mut headers = Vec::new();
+    for h in s.headers.iter().flat_map(|l| &l.value) {
+        if h.value.is_empty() || h.value.starts_with("wire-guard.") {
+            check.push(
+                at(h),
+                format!("header {:?} cannot be signed", h.value),
+                "name headers the producer sets; wire-guard's own headers are added after signing",
+            );
+        } else if headers.contains(&h.value) {
+            check.push(
+                at(h),
+                format!("header {:?} is listed twice", h.value),
+                "list each header once",
+            );
+        } else {
+            headers.push(h.value.clone());
+        }
+    }
+    (check.errors.len() == before).then_some(SignRule {
+        key: key?,
+        algorithm,
+        headers,
+        on_failure,
+    })
 }
 
 /// Validates one entry of `fields:`; `None` when it has problems (they are in `check`).
@@ -808,8 +915,8 @@ fn edit_distance(a: &str, b: &str) -> usize {
 
 /// Keys other documents use for features this version does not implement, with what to say.
 const NOT_AVAILABLE: &[(&str, &str)] = &[(
-    "sign",
-    "record signing is not available in this version; remove `sign:`",
+    "tags",
+    "selecting fields by schema tag is not available in this version; name each field by `path:`",
 )];
 
 fn yaml_error(file: &Path, e: &serde_saphyr::Error) -> PolicyError {
@@ -925,7 +1032,7 @@ mod tests {
         write(
             dir.path(),
             "payments.yaml",
-            "topics:\n  - id: p\n    match: [\"payments.*\"]\n    value: { schema: required }\n    sign: { key: \"local:signing\" }\n",
+            "topics:\n  - id: p\n    match: [\"payments.*\"]\n    value: { schema: required }\n    fields:\n      - { tags: [PII], action: encrypt, key: \"local:k\" }\n",
         );
         write(
             dir.path(),
@@ -939,11 +1046,12 @@ mod tests {
         );
         let errors = errors_of(dir.path());
         assert_eq!(errors.len(), 3, "{errors:#?}");
-        let sign = errors.iter().find(|e| e.contains("payments.yaml")).unwrap();
+        let tags = errors.iter().find(|e| e.contains("payments.yaml")).unwrap();
         assert!(
-            sign.contains("payments.yaml:5:5: unknown field `sign`")
-                && sign.contains("record signing is not available in this version; remove `sign:`"),
-            "{sign}"
+            tags.contains("payments.yaml:6:")
+                && tags.contains("unknown field `tags`")
+                && tags.contains("selecting fields by schema tag is not available in this version"),
+            "{tags}"
         );
         assert!(
             errors
@@ -1043,6 +1151,48 @@ mod tests {
         assert_eq!(rule.fields[1].action, FieldAction::Mask { keep_last: 4 });
         assert!(rule.fields[0].stored_encrypted());
         assert!(set.topics.protection_for("orders").is_none());
+    }
+
+    #[test]
+    fn sign_rules_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "sign.yaml",
+            r#"topics:
+  - id: good
+    match: [payments]
+    sign: { key: "local:signing", algorithm: ed25519, headers: [trace-id], on_failure: drop }
+  - id: bad
+    match: [orders]
+    sign: { algorithm: rsa, headers: [wire-guard.key, a, a], on_failure: ignore }
+"#,
+        );
+        let errors = errors_of(dir.path());
+        for expected in [
+            "sign: has no `key`",
+            "unknown signature algorithm \"rsa\"",
+            "header \"wire-guard.key\" cannot be signed",
+            "header \"a\" is listed twice",
+            "unknown on_failure \"ignore\"",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.contains(expected)),
+                "{expected}: {errors:#?}"
+            );
+        }
+        let one = tempfile::tempdir().unwrap();
+        write(
+            one.path(),
+            "sign.yaml",
+            "topics:\n  - id: s\n    match: [payments]\n    sign: { key: \"local:signing\" }\n",
+        );
+        let set = load_dir(one.path()).expect("a sign-only rule loads");
+        let rule = set.topics.protection_for("payments").expect("protected");
+        let sign = rule.sign.as_ref().unwrap();
+        assert_eq!(sign.algorithm, SignAlgorithm::HmacSha256);
+        assert_eq!(sign.on_failure, OnSignatureFailure::Flag);
+        assert!(set.topics.protects_fields());
     }
 
     const TOPICS: &str = r#"topics:

@@ -22,7 +22,7 @@ pub mod topics;
 
 use std::{fmt, path::PathBuf};
 
-pub use fields::{FieldAction, FieldPath, FieldRule};
+pub use fields::{FieldAction, FieldPath, FieldRule, OnSignatureFailure, SignAlgorithm, SignRule};
 pub use load::{load_dir, parse_file};
 pub use registry::{Decision, Operation, RegistryPolicy, RegistryRule, SubjectPattern};
 pub use store::PolicyStore;

@@ -13,7 +13,10 @@
 
 use std::fmt;
 
-use super::{fields::FieldRule, registry::SubjectPattern};
+use super::{
+    fields::{FieldRule, SignRule},
+    registry::SubjectPattern,
+};
 use crate::principal::{Principal, PrincipalPattern};
 
 /// The longest topic name Kafka accepts (`Topic.MAX_NAME_LENGTH`).
@@ -44,7 +47,7 @@ impl TopicPolicy {
 
     /// Whether some rule protects fields, so that Fetch responses must be read.
     pub fn protects_fields(&self) -> bool {
-        self.rules.iter().any(|r| !r.fields.is_empty())
+        self.rules.iter().any(TopicRule::protects)
     }
 
     /// The rule whose `fields:` protect `topic`: the first that matches the topic and protects
@@ -54,7 +57,7 @@ impl TopicPolicy {
     pub fn protection_for(&self, topic: &str) -> Option<&TopicRule> {
         self.rules
             .iter()
-            .find(|r| !r.fields.is_empty() && r.topics.iter().any(|t| t.matches(topic)))
+            .find(|r| r.protects() && r.topics.iter().any(|t| t.matches(topic)))
     }
 }
 
@@ -78,6 +81,15 @@ pub struct TopicRule {
     /// fetch (`fields:`). Validation guarantees a `value:` rule when this is not empty: a
     /// field is found through the value's registered schema.
     pub fields: Vec<FieldRule>,
+    /// Records produced to the topic are signed and fetched ones verified (`sign:`).
+    pub sign: Option<SignRule>,
+}
+
+impl TopicRule {
+    /// Whether the rule protects the topic's records: fields or signatures.
+    pub fn protects(&self) -> bool {
+        !self.fields.is_empty() || self.sign.is_some()
+    }
 }
 
 impl TopicRule {
@@ -351,6 +363,7 @@ mod tests {
             }),
             key: None,
             fields: Vec::new(),
+            sign: None,
             value: Some(value_rule()),
         }
     }

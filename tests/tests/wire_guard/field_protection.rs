@@ -432,7 +432,7 @@ async fn a_policy_naming_a_missing_or_unprotectable_field_is_refused_at_startup(
         "has no field \"cvv\"; its fields are number",
         "field $.amount",
         "only string and bytes fields can be protected in place",
-        "aws-kms:alias/payments, but the aws-kms backend is not configured",
+        "$.id names aws-kms:alias/payments, but the aws-kms backend is not configured",
     ] {
         assert!(err.contains(expected), "{expected:?} missing from: {err}");
     }
@@ -620,6 +620,110 @@ async fn aws_kms_outage_refuses_then_recovers_once_and_rotation_keeps_old_record
             "not revealed: {got:?}"
         );
     }
+    proxy.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_records_verify_and_tampered_ones_are_flagged_or_dropped() -> anyhow::Result<()> {
+    let run = run_id();
+    let dir = tempfile::tempdir()?;
+    let keyring = keyring(dir.path())?;
+    let registry = Registry::start().await?;
+    let (flagged, dropped) = (format!("fp-sig-flag-{run}"), format!("fp-sig-drop-{run}"));
+    let direct = broker::shared().endpoint().bootstrap;
+    create_topics(&direct, &[(&flagged, 1), (&dropped, 1)]).await?;
+    let policy = format!(
+        r#"topics:
+  - id: signed-flag
+    match: ["{flagged}"]
+    sign: {{ key: "local:tokens", algorithm: hmac-sha256, headers: [trace], on_failure: flag }}
+  - id: signed-drop
+    match: ["{dropped}"]
+    sign: {{ key: "local:tokens", algorithm: ed25519, headers: [trace], on_failure: drop }}
+"#
+    );
+    let proxy = guarded(&policy, &registry.url, &keyring, dir.path()).await?;
+    for topic in [&flagged, &dropped] {
+        let records: Vec<Out> = (0..2)
+            .map(|i| {
+                let mut out = Out::value(0, format!("payment {i}").into_bytes());
+                out.key = Some(format!("k{i}").into_bytes());
+                out.headers = vec![("trace".into(), Some(format!("t{i}").into_bytes()))];
+                out
+            })
+            .collect();
+        let file = payload_file(dir.path(), topic, "gzip", true, &records)?;
+        let result = produce(
+            "kafka-python",
+            &proxy.bootstrap(),
+            &file,
+            &args(&login("bob")),
+        )
+        .await?;
+        assert_eq!(result["delivered"], 2, "{topic}: {result}");
+        let stored = read_topic(&direct, topic, 2).await?;
+        assert!(
+            stored.iter().all(|g| g.header("wire-guard.sig").is_some()),
+            "{stored:?}"
+        );
+        // Around the proxy: the value changed, the signed header changed, no signature.
+        let as_out = |g: &Got| Out {
+            partition: 0,
+            key: g.key.clone(),
+            value: g.value.clone(),
+            headers: g.headers.clone(),
+        };
+        let mut value_changed = as_out(&stored[0]);
+        value_changed.value = Some(b"payment 9".to_vec());
+        let mut header_changed = as_out(&stored[1]);
+        for h in &mut header_changed.headers {
+            if h.0 == "trace" {
+                h.1 = Some(b"t9".to_vec());
+            }
+        }
+        let unsigned = Out::value(0, b"payment 3".to_vec());
+        let file = payload_file(
+            dir.path(),
+            topic,
+            "none",
+            false,
+            &[value_changed, header_changed, unsigned],
+        )?;
+        let result = produce("confluent", &direct, &file, &[]).await?;
+        assert_eq!(result["delivered"], 3, "{result}");
+    }
+    let read = read_topic_with(&proxy.bootstrap(), &flagged, 5, &args(&login("alice"))).await?;
+    let verdicts: Vec<Option<String>> = read
+        .iter()
+        .map(|g| g.header("wire-guard.signature"))
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            None,
+            None,
+            Some("invalid".into()),
+            Some("invalid".into()),
+            Some("missing".into())
+        ],
+        "{read:?}"
+    );
+    let read = read_topic_with(&proxy.bootstrap(), &dropped, 2, &args(&login("alice"))).await?;
+    let values: Vec<Vec<u8>> = read.iter().filter_map(|g| g.value.clone()).collect();
+    assert_eq!(
+        values,
+        [b"payment 0".to_vec(), b"payment 1".to_vec()],
+        "{read:?}"
+    );
+    let metrics = proxy.metrics().await?;
+    assert!(
+        metric(
+            &metrics,
+            &["wire_guard_fields_total", "action=\"sign\"", "invalid"]
+        ) >= 4.0,
+        "{metrics}"
+    );
     proxy.stop().await?;
     Ok(())
 }

@@ -18,6 +18,7 @@
 //! masked for everyone.
 
 pub mod envelope;
+pub mod sign;
 
 use std::{
     collections::{BTreeSet, HashMap},
@@ -27,12 +28,15 @@ use std::{
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
 use shared::{
-    policy::{FieldAction, FieldRule, TopicRule},
+    policy::{FieldAction, FieldRule, OnSignatureFailure, SignRule, TopicRule},
     principal::Principal,
 };
 use zeroize::Zeroizing;
 
-use self::envelope::{KEY_HEADER, KeyHeader, KeyId};
+use self::{
+    envelope::{KEY_HEADER, KeyHeader, KeyId},
+    sign::SigningKey,
+};
 use crate::{
     kms::{DATA_KEY_LEN, Kms, KmsError},
     metrics::Metrics,
@@ -170,11 +174,30 @@ impl Protection {
         for field in &rule.fields {
             keys.push(self.produce_key(topic, field, uses).await?);
         }
-        let values = Self::value_schemas(schemas, &batches).await?;
+        let values = if rule.fields.is_empty() {
+            HashMap::new()
+        } else {
+            Self::value_schemas(schemas, &batches).await?
+        };
+        let signer = match &rule.sign {
+            Some(sign) => Some((self.signing_key(topic, sign).await?, sign.headers.clone())),
+            None => None,
+        };
         let topic_owned = topic.to_owned();
         let fields = rule.fields.clone();
         let rewritten = tokio::task::spawn_blocking(move || {
-            protect_batches(&topic_owned, &fields, &keys, &values, &batches, &raw)
+            let signing = signer
+                .as_ref()
+                .map(|(key, headers)| Signing { key, headers });
+            protect_batches(
+                &topic_owned,
+                &fields,
+                &keys,
+                &values,
+                &batches,
+                &raw,
+                signing.as_ref(),
+            )
         })
         .await
         .map_err(|e| Refusal::new(ResponseError::UnknownServerError, e.to_string()))?;
@@ -189,6 +212,19 @@ impl Protection {
             );
         }
         Ok(bytes)
+    }
+
+    /// The key `sign` signs and verifies with, derived from its KMS key.
+    async fn signing_key(&self, topic: &str, sign: &SignRule) -> Result<SigningKey, Refusal> {
+        let derived = self
+            .kms()?
+            .derive_key(&sign.key, &sign::context())
+            .await
+            .map_err(|e| {
+                tracing::warn!(topic, kms_key = %sign.key, error = %e, "no signing key");
+                Refusal::kms(&e)
+            })?;
+        Ok(SigningKey::new(sign.algorithm, sign.key.clone(), &derived))
     }
 
     async fn produce_key(
@@ -262,7 +298,7 @@ impl Protection {
             .iter()
             .map(|f| FetchPlan::for_reader(f, reader))
             .collect();
-        if plan.iter().all(|p| matches!(p, FetchPlan::Leave)) {
+        if plan.iter().all(|p| matches!(p, FetchPlan::Leave)) && rule.sign.is_none() {
             return Ok(None);
         }
         let limit = self.max_decompressed;
@@ -326,16 +362,26 @@ impl Protection {
                 }
             }
         }
-        let values = Self::value_schemas(schemas, &batches).await?;
+        let values = if rule.fields.is_empty() {
+            HashMap::new()
+        } else {
+            Self::value_schemas(schemas, &batches).await?
+        };
+        let verifier = match &rule.sign {
+            Some(sign) => Some((self.signing_key(topic, sign).await?, sign.clone())),
+            None => None,
+        };
         let topic_owned = topic.to_owned();
         let fields = rule.fields.clone();
         let done = tokio::task::spawn_blocking(move || {
+            let verifying = verifier.as_ref().map(|(key, rule)| Verifying { key, rule });
             reveal_batches(
                 &topic_owned,
                 &fields,
                 &plan,
                 &unwrapped,
                 &values,
+                verifying.as_ref(),
                 &batches,
                 &raw,
                 end,
@@ -343,8 +389,25 @@ impl Protection {
         })
         .await
         .map_err(|e| Refusal::new(ResponseError::UnknownServerError, e.to_string()))?;
-        let (bytes, counts) = done;
+        let (bytes, counts, failed) = done;
+        if let Some(failed) = failed {
+            metrics.field_outcome(topic, "", "sign", "failed", 1);
+            tracing::warn!(topic, "fetch failed: {failed} (sign on_failure: fail)");
+            return Err(Refusal::new(ResponseError::CorruptMessage, failed));
+        }
         for ((field, outcome), n) in counts {
+            if field == SIGNATURE {
+                if outcome != "verified" {
+                    tracing::warn!(
+                        topic,
+                        records = n,
+                        outcome,
+                        "records whose signature does not verify"
+                    );
+                }
+                metrics.field_outcome(topic, "", "sign", outcome, n);
+                continue;
+            }
             let rule = &rule.fields[field];
             if outcome == "plaintext_found" {
                 tracing::warn!(topic, field = %rule.path, records = n, "plaintext found where the policy stores ciphertext: written around the proxy");
@@ -374,8 +437,12 @@ pub async fn check_policy(
 ) -> Vec<String> {
     let mut problems = Vec::new();
     for rule in &policy.rules {
-        for field in &rule.fields {
-            let Some(key) = &field.key else { continue };
+        let named = rule
+            .fields
+            .iter()
+            .filter_map(|f| f.key.as_ref().map(|k| (f.path.to_string(), k)))
+            .chain(rule.sign.iter().map(|s| ("sign".to_owned(), &s.key)));
+        for (what, key) in named {
             let configured = match (key, kms) {
                 (crate::kms::KeyRef::Aws(_), Some(k)) => k.aws.is_some(),
                 (crate::kms::KeyRef::Local(_), Some(k)) => k.local.is_some(),
@@ -383,9 +450,8 @@ pub async fn check_policy(
             };
             if !configured {
                 problems.push(format!(
-                    "rule {}: field {} names {key}, but the {} backend is not configured (pass {}, or set kms: in the config file)",
+                    "rule {}: {what} names {key}, but the {} backend is not configured (pass {}, or set kms: in the config file)",
                     rule.id,
-                    field.path,
                     key.backend(),
                     match key {
                         crate::kms::KeyRef::Aws(_) => "--kms-aws-region or --kms-aws-endpoint",
@@ -467,8 +533,34 @@ impl FetchPlan {
     }
 }
 
-/// The produce pass: every record's protected fields rewritten, key headers added. Returns the
-/// batches and, per field rule, how many fields it protected.
+/// The signature settings for one pass: the key, and the header names the rule signs.
+pub(crate) struct Signing<'a> {
+    key: &'a SigningKey,
+    headers: &'a [String],
+}
+
+/// The values of the headers a signature covers, as stored in `record`.
+fn signed_headers<'a>(
+    batch: &'a Batch,
+    record: &crate::records::Record,
+    names: &'a [String],
+) -> Vec<(&'a str, Option<&'a [u8]>)> {
+    names
+        .iter()
+        .map(|name| {
+            let value = record
+                .headers
+                .iter()
+                .find(|h| batch.bytes(&h.key) == name.as_bytes())
+                .and_then(|h| h.value.as_ref().map(|v| batch.bytes(v)));
+            (name.as_str(), value)
+        })
+        .collect()
+}
+
+/// The produce pass: every record's protected fields rewritten, key headers added, and the
+/// record signed. Returns the batches and, per field rule, how many fields it protected.
+#[allow(clippy::too_many_arguments)]
 fn protect_batches(
     topic: &str,
     fields: &[FieldRule],
@@ -476,6 +568,7 @@ fn protect_batches(
     values: &HashMap<u32, Arc<CompiledSchema>>,
     batches: &[Batch],
     raw: &Bytes,
+    signing: Option<&Signing<'_>>,
 ) -> Result<(Bytes, Vec<u64>), Refusal> {
     let paths: Vec<&shared::policy::FieldPath> = fields.iter().map(|f| &f.path).collect();
     let texts: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
@@ -497,67 +590,81 @@ fn protect_batches(
         }
         let mut edits = Vec::with_capacity(batch.records.len());
         for record in &batch.records {
-            let Some(value) = batch.value(record) else {
-                // A tombstone holds no field.
-                edits.push(None);
-                index += 1;
-                continue;
-            };
             let refuse = |why: String| {
                 Refusal::new(
                     ResponseError::InvalidRecord,
                     format!("record {index}: field protection: {why}"),
                 )
             };
-            let (id, payload) =
-                framing::split(value).map_err(|e| refuse(format!("value: {}", e.message)))?;
-            let schema = values
-                .get(&id)
-                .ok_or_else(|| refuse(format!("schema {id} unknown")))?;
-            // A field the schema lacks would pass unprotected: refuse the schema instead.
-            if checked.insert(id) {
-                for path in &paths {
-                    schema
-                        .check_path(path)
-                        .map_err(|why| refuse(format!("schema {id}: {why}")))?;
+            let value = batch.value(record);
+            let mut new_value: Option<Vec<u8>> = None;
+            let mut headers: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+            // A tombstone holds no field.
+            if let (Some(value), false) = (value, fields.is_empty()) {
+                let (id, payload) =
+                    framing::split(value).map_err(|e| refuse(format!("value: {}", e.message)))?;
+                let schema = values
+                    .get(&id)
+                    .ok_or_else(|| refuse(format!("schema {id} unknown")))?;
+                // A field the schema lacks would pass unprotected: refuse the schema instead.
+                if checked.insert(id) {
+                    for path in &paths {
+                        schema
+                            .check_path(path)
+                            .map_err(|why| refuse(format!("schema {id}: {why}")))?;
+                    }
+                }
+                let mut used = vec![false; fields.len()];
+                let edited = schema.edit_fields(payload, &paths, |i, kind, current| {
+                    let new = match &keys[i] {
+                        ProduceKey::Seal { key, id, .. } => {
+                            let n = next_use[i];
+                            next_use[i] = n.wrapping_add(1);
+                            used[i] = true;
+                            envelope::seal(key, id, n, topic, &texts[i], kind, current)
+                        }
+                        ProduceKey::Token(mac) => envelope::token(mac, kind, current),
+                        ProduceKey::Mask(keep_last) => envelope::mask(kind, current, *keep_last),
+                    };
+                    counts[i] += 1;
+                    Ok::<_, std::convert::Infallible>(Some(new))
+                });
+                let edited = match edited {
+                    Ok(edited) => edited,
+                    Err(EditError::Shape(why)) => return Err(refuse(why)),
+                    Err(EditError::Edit(never)) => match never {},
+                };
+                if let Some(edited) = edited {
+                    let mut whole = value[..value.len() - payload.len()].to_vec();
+                    whole.extend_from_slice(&edited);
+                    new_value = Some(whole);
+                    for (k, used) in keys.iter().zip(&used) {
+                        if let (ProduceKey::Seal { header, .. }, true) = (k, used) {
+                            headers.push((KEY_HEADER.as_bytes().to_vec(), header.clone()));
+                        }
+                    }
                 }
             }
-            let mut used = vec![false; fields.len()];
-            let edited = schema.edit_fields(payload, &paths, |i, kind, current| {
-                let new = match &keys[i] {
-                    ProduceKey::Seal { key, id, .. } => {
-                        let n = next_use[i];
-                        next_use[i] = n.wrapping_add(1);
-                        used[i] = true;
-                        envelope::seal(key, id, n, topic, &texts[i], kind, current)
-                    }
-                    ProduceKey::Token(mac) => envelope::token(mac, kind, current),
-                    ProduceKey::Mask(keep_last) => envelope::mask(kind, current, *keep_last),
-                };
-                counts[i] += 1;
-                Ok::<_, std::convert::Infallible>(Some(new))
-            });
-            let edited = match edited {
-                Ok(edited) => edited,
-                Err(EditError::Shape(why)) => return Err(refuse(why)),
-                Err(EditError::Edit(never)) => match never {},
-            };
-            let framing_len = value.len() - payload.len();
-            edits.push(edited.map(|payload| {
-                let mut value = value[..framing_len].to_vec();
-                value.extend_from_slice(&payload);
-                let headers = keys
-                    .iter()
-                    .zip(&used)
-                    .filter_map(|(k, used)| match (k, used) {
-                        (ProduceKey::Seal { header, .. }, true) => {
-                            Some((KEY_HEADER.as_bytes().to_vec(), header.clone()))
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                RecordEdit { value, headers }
-            }));
+            if let Some(signing) = signing {
+                let stored = new_value.as_deref().or(value);
+                let message = sign::message(
+                    topic,
+                    batch.key(record),
+                    stored,
+                    &signed_headers(batch, record, signing.headers),
+                );
+                headers.push((
+                    sign::SIG_HEADER.as_bytes().to_vec(),
+                    signing.key.sign(&message),
+                ));
+            }
+            edits.push(
+                (new_value.is_some() || !headers.is_empty()).then(|| RecordEdit {
+                    value: new_value.or_else(|| value.map(<[u8]>::to_vec)),
+                    headers,
+                    drop: false,
+                }),
+            );
             index += 1;
         }
         if edits.iter().all(Option::is_none) {
@@ -569,8 +676,20 @@ fn protect_batches(
     Ok((Bytes::from(out), counts))
 }
 
-/// The fetch pass. Returns the new record set (or `None` when no field changed) and counts by
-/// (field rule, outcome).
+/// The counts key of signature outcomes, beside the field rules' indexes.
+const SIGNATURE: usize = usize::MAX;
+
+/// The verification settings for one fetch pass.
+pub(crate) struct Verifying<'a> {
+    key: &'a SigningKey,
+    rule: &'a SignRule,
+}
+
+type Counts = HashMap<(usize, &'static str), u64>;
+
+/// The fetch pass. Returns the new record set (or `None` when nothing changed), counts by
+/// (field rule or [`SIGNATURE`], outcome), and why the fetch fails (`sign` with
+/// `on_failure: fail` and a record that does not verify).
 #[allow(clippy::too_many_arguments)]
 fn reveal_batches(
     topic: &str,
@@ -578,26 +697,82 @@ fn reveal_batches(
     plan: &[FetchPlan],
     unwrapped: &HashMap<KeyId, Zeroizing<[u8; DATA_KEY_LEN]>>,
     values: &HashMap<u32, Arc<CompiledSchema>>,
+    verifying: Option<&Verifying<'_>>,
     batches: &[Batch],
     raw: &Bytes,
     end: usize,
-) -> (Option<Bytes>, HashMap<(usize, &'static str), u64>) {
+) -> (Option<Bytes>, Counts, Option<String>) {
     let paths: Vec<&shared::policy::FieldPath> = fields.iter().map(|f| &f.path).collect();
     let texts: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
-    let mut counts: HashMap<(usize, &'static str), u64> = HashMap::new();
+    let mut counts: Counts = HashMap::new();
     let mut out = Vec::with_capacity(end);
     let mut changed = false;
     for batch in batches {
         let mut edits: Vec<Option<RecordEdit>> = Vec::new();
         if !batch.is_control() {
             for record in &batch.records {
-                let edit = batch.value(record).and_then(|value| {
+                let value = batch.value(record);
+                let mut edit: Option<RecordEdit> = None;
+                if let Some(v) = verifying {
+                    let message = sign::message(
+                        topic,
+                        batch.key(record),
+                        value,
+                        &signed_headers(batch, record, &v.rule.headers),
+                    );
+                    let header = record
+                        .headers
+                        .iter()
+                        .find(|h| batch.bytes(&h.key) == sign::SIG_HEADER.as_bytes())
+                        .and_then(|h| h.value.as_ref().map(|x| batch.bytes(x)));
+                    let verdict = match header {
+                        None => "missing",
+                        Some(header) if v.key.verify(&message, header) => "verified",
+                        Some(_) => "invalid",
+                    };
+                    *counts.entry((SIGNATURE, verdict)).or_default() += 1;
+                    if verdict != "verified" {
+                        let offset = batch.base_offset + i64::from(record.offset_delta);
+                        match v.rule.on_failure {
+                            OnSignatureFailure::Fail => {
+                                return (
+                                    None,
+                                    counts,
+                                    Some(format!(
+                                        "the record at offset {offset} has a {verdict} signature"
+                                    )),
+                                );
+                            }
+                            OnSignatureFailure::Drop => {
+                                edits.push(Some(RecordEdit {
+                                    value: None,
+                                    headers: Vec::new(),
+                                    drop: true,
+                                }));
+                                continue;
+                            }
+                            OnSignatureFailure::Flag => {
+                                edit = Some(RecordEdit {
+                                    value: value.map(<[u8]>::to_vec),
+                                    headers: vec![(
+                                        sign::VERDICT_HEADER.as_bytes().to_vec(),
+                                        verdict.as_bytes().to_vec(),
+                                    )],
+                                    drop: false,
+                                });
+                            }
+                        }
+                    }
+                }
+                let revealed = value.and_then(|value| {
+                    if fields.is_empty() {
+                        return None;
+                    }
                     let (id, payload) = framing::split(value).ok()?;
                     let schema = values.get(&id)?;
                     let edited = schema.edit_fields(payload, &paths, |i, kind, current| {
-                        let (new, outcome) = reveal_field(
-                            plan[i], kind, current, unwrapped, topic, &texts[i], &fields[i],
-                        );
+                        let (new, outcome) =
+                            reveal_field(plan[i], kind, current, unwrapped, topic, &texts[i]);
                         if let Some(outcome) = outcome {
                             *counts.entry((i, outcome)).or_default() += 1;
                         }
@@ -607,14 +782,15 @@ fn reveal_batches(
                         Ok(Some(new_payload)) => {
                             let mut new = value[..value.len() - payload.len()].to_vec();
                             new.extend_from_slice(&new_payload);
-                            Some(RecordEdit {
-                                value: new,
-                                headers: Vec::new(),
-                            })
+                            Some(new)
                         }
                         _ => None,
                     }
                 });
+                if let Some(new) = revealed {
+                    let e = edit.get_or_insert_with(RecordEdit::default);
+                    e.value = Some(new);
+                }
                 edits.push(edit);
             }
         }
@@ -635,7 +811,7 @@ fn reveal_batches(
     }
     // A batch cut off at the fetch size is dropped only when the set changed (the client
     // fetches it again from its offset); an unchanged set goes on as received.
-    (changed.then(|| Bytes::from(out)), counts)
+    (changed.then(|| Bytes::from(out)), counts, None)
 }
 
 /// One field for one reader: the replacement (if any) and the outcome to count.
@@ -646,7 +822,6 @@ fn reveal_field(
     unwrapped: &HashMap<KeyId, Zeroizing<[u8; DATA_KEY_LEN]>>,
     topic: &str,
     path: &str,
-    _rule: &FieldRule,
 ) -> (Option<Vec<u8>>, Option<&'static str>) {
     if let FetchPlan::Token = plan {
         return if envelope::is_token(kind, current) {

@@ -282,10 +282,12 @@ impl Batch {
 /// What changes in one record when a batch is rewritten.
 #[derive(Debug, Clone, Default)]
 pub struct RecordEdit {
-    /// The new value.
-    pub value: Vec<u8>,
+    /// The new value (`None`: null).
+    pub value: Option<Vec<u8>>,
     /// Headers added after the record's own.
     pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Leave the record out; the others keep their offsets, as after compaction.
+    pub drop: bool,
 }
 
 impl Batch {
@@ -296,7 +298,12 @@ impl Batch {
     pub fn rewrite(&self, edits: &[Option<RecordEdit>]) -> Result<Vec<u8>, RecordError> {
         let mut records = Vec::with_capacity(self.data.len() + edits.len() * 64);
         let mut body = Vec::new();
+        let mut count: i32 = 0;
         for (i, record) in self.records.iter().enumerate() {
+            if let Some(Some(RecordEdit { drop: true, .. })) = edits.get(i) {
+                continue;
+            }
+            count += 1;
             let Some(Some(edit)) = edits.get(i) else {
                 let start = record.head.start;
                 // The length prefix is not kept in the ranges: write it again.
@@ -311,7 +318,7 @@ impl Batch {
                 &mut body,
                 record.key.as_ref().map(|k| &self.data[k.clone()]),
             );
-            put_bytes(&mut body, Some(&edit.value));
+            put_bytes(&mut body, edit.value.as_deref());
             varint::write_i64(
                 &mut body,
                 (record.headers.len() + edit.headers.len()) as i64,
@@ -342,7 +349,7 @@ impl Batch {
         out.extend_from_slice(&self.producer_id.to_be_bytes());
         out.extend_from_slice(&self.producer_epoch.to_be_bytes());
         out.extend_from_slice(&self.base_sequence.to_be_bytes());
-        out.extend_from_slice(&(self.records.len() as i32).to_be_bytes());
+        out.extend_from_slice(&count.to_be_bytes());
         out.extend_from_slice(&compressed);
         let crc = crc32c::crc32c(&out[CRC_START..]);
         out[17..21].copy_from_slice(&crc.to_be_bytes());
