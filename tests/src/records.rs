@@ -70,6 +70,15 @@ impl Registry {
 
 /// Creates topics on the broker at `bootstrap` with the given partition counts.
 pub async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> anyhow::Result<()> {
+    create_topics_with(bootstrap, topics, &[]).await
+}
+
+/// [`create_topics`] with topic configs (`cleanup.policy`, `segment.ms`, ...) for each.
+pub async fn create_topics_with(
+    bootstrap: &str,
+    topics: &[(&str, i32)],
+    configs: &[(&str, &str)],
+) -> anyhow::Result<()> {
     let addr: SocketAddr = bootstrap.parse()?;
     let mut raw = RawClient::connect(addr).await?;
     let mut request = CreateTopicsRequest::default();
@@ -79,6 +88,13 @@ pub async fn create_topics(bootstrap: &str, topics: &[(&str, i32)]) -> anyhow::R
         t.name = TopicName(StrBytes::from_string((*name).to_owned()));
         t.num_partitions = *partitions;
         t.replication_factor = 1;
+        for (name, value) in configs {
+            let mut c =
+                kafka_protocol::messages::create_topics_request::CreatableTopicConfig::default();
+            c.name = StrBytes::from_string((*name).to_owned());
+            c.value = Some(StrBytes::from_string((*value).to_owned()));
+            t.configs.push(c);
+        }
         request.topics.push(t);
     }
     let response: CreateTopicsResponse = raw.call(ApiKey::CreateTopics, 5, &request).await?;

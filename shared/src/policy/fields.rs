@@ -52,6 +52,21 @@ impl FieldRule {
     }
 }
 
+/// A topic rule's `encrypt_key:` or `encrypt_value:`: the whole record key (deterministically,
+/// so that partitioning and compaction still work) or the whole value is encrypted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WholeRule {
+    pub key: KeyRef,
+    /// Who reads it in the clear through wire-guard. Empty: nobody.
+    pub reveal_to: Vec<PrincipalPattern>,
+}
+
+impl WholeRule {
+    pub fn reveals_to(&self, principal: Option<&Principal>) -> bool {
+        principal.is_some_and(|p| self.reveal_to.iter().any(|m| m.matches(p)))
+    }
+}
+
 /// A topic rule's `sign:`: every record produced to the topic is signed, and every record
 /// fetched from it verified.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,7 +24,9 @@ use serde_saphyr::Spanned;
 
 use super::{
     PolicyError, PolicySet,
-    fields::{FieldAction, FieldPath, FieldRule, OnSignatureFailure, SignAlgorithm, SignRule},
+    fields::{
+        FieldAction, FieldPath, FieldRule, OnSignatureFailure, SignAlgorithm, SignRule, WholeRule,
+    },
     registry::{Operation, RegistryPolicy, RegistryRule, SubjectPattern},
     topics::{
         OnInvalid, RecordRule, RegistryUnavailable, SubjectStrategy, TopicPattern, TopicPolicy,
@@ -79,6 +81,20 @@ struct TopicRuleDoc {
     fields: Option<SpannedDocs<FieldRuleDoc>>,
     #[serde(default)]
     sign: Option<Spanned<SignDoc>>,
+    #[serde(default)]
+    encrypt_key: Option<Spanned<WholeDoc>>,
+    #[serde(default)]
+    encrypt_value: Option<Spanned<WholeDoc>>,
+}
+
+/// `encrypt_key:` or `encrypt_value:` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WholeDoc {
+    #[serde(default)]
+    key: Option<Spanned<String>>,
+    #[serde(default)]
+    reveal_to: Option<SpannedList>,
 }
 
 /// A topic rule's `sign:` as written.
@@ -485,7 +501,12 @@ fn topic_rule(
         Some(list) => Some(check.principals(&list.value)),
     };
 
-    if doc.key.is_none() && doc.value.is_none() && doc.sign.is_none() {
+    if doc.key.is_none()
+        && doc.value.is_none()
+        && doc.sign.is_none()
+        && doc.encrypt_key.is_none()
+        && doc.encrypt_value.is_none()
+    {
         check.push(
             rule_at,
             format!("topic rule {name:?} checks neither `key` nor `value`"),
@@ -531,6 +552,23 @@ fn topic_rule(
     };
 
     let sign = doc.sign.as_ref().and_then(|s| sign_rule(check, s));
+    let encrypt_key = doc
+        .encrypt_key
+        .as_ref()
+        .and_then(|w| whole_rule(check, w, "encrypt_key"));
+    let encrypt_value = doc
+        .encrypt_value
+        .as_ref()
+        .and_then(|w| whole_rule(check, w, "encrypt_value"));
+    if let (Some(w), Some(f)) = (&doc.encrypt_value, &doc.fields)
+        && !f.value.is_empty()
+    {
+        check.push(
+            at(w),
+            format!("topic rule {name:?} encrypts the whole value and fields of it"),
+            "keep encrypt_value: (nothing of the value is readable) or fields: (the rest stays readable), not both",
+        );
+    }
 
     let id = id.filter(|_| check.errors.len() == before)?;
     let place = doc
@@ -546,9 +584,47 @@ fn topic_rule(
             value,
             fields,
             sign,
+            encrypt_key,
+            encrypt_value,
         },
         place,
     ))
+}
+
+/// Validates `encrypt_key:` or `encrypt_value:`.
+fn whole_rule(check: &mut Checker<'_>, doc: &Spanned<WholeDoc>, what: &str) -> Option<WholeRule> {
+    let before = check.errors.len();
+    let key = match &doc.value.key {
+        None => {
+            check.push(
+                at(doc),
+                format!("{what}: has no `key`"),
+                "add key: aws-kms:alias/NAME or key: local:NAME",
+            );
+            None
+        }
+        Some(k) => match k.value.parse::<KeyRef>() {
+            Ok(key) => Some(key),
+            Err(e) => {
+                check.push(
+                    at(k),
+                    e,
+                    "name a key the wire-guard configuration's kms: section serves",
+                );
+                None
+            }
+        },
+    };
+    let reveal_to = doc
+        .value
+        .reveal_to
+        .as_ref()
+        .map(|list| check.principals(&list.value))
+        .unwrap_or_default();
+    (check.errors.len() == before).then_some(WholeRule {
+        key: key?,
+        reveal_to,
+    })
 }
 
 /// Validates a `sign:`; `None` when it has problems (they are in `check`).
@@ -1193,6 +1269,44 @@ mod tests {
         assert_eq!(sign.algorithm, SignAlgorithm::HmacSha256);
         assert_eq!(sign.on_failure, OnSignatureFailure::Flag);
         assert!(set.topics.protects_fields());
+    }
+
+    #[test]
+    fn whole_key_and_value_encryption_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "whole.yaml",
+            r#"topics:
+  - id: good
+    match: [accounts]
+    encrypt_key: { key: "local:k", reveal_to: ["user:alice"] }
+    encrypt_value: { key: "aws-kms:alias/accounts" }
+  - id: both
+    match: [orders]
+    value: { schema: required }
+    encrypt_value: { key: "local:k" }
+    fields:
+      - { path: "$.a", action: encrypt, key: "local:k" }
+  - id: keyless
+    match: [clicks]
+    encrypt_key: { reveal_to: ["user:x"] }
+"#,
+        );
+        let errors = errors_of(dir.path());
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("encrypts the whole value and fields of it")),
+            "{errors:#?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("encrypt_key: has no `key`")),
+            "{errors:#?}"
+        );
     }
 
     const TOPICS: &str = r#"topics:

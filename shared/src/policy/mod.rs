@@ -22,7 +22,9 @@ pub mod topics;
 
 use std::{fmt, path::PathBuf};
 
-pub use fields::{FieldAction, FieldPath, FieldRule, OnSignatureFailure, SignAlgorithm, SignRule};
+pub use fields::{
+    FieldAction, FieldPath, FieldRule, OnSignatureFailure, SignAlgorithm, SignRule, WholeRule,
+};
 pub use load::{load_dir, parse_file};
 pub use registry::{Decision, Operation, RegistryPolicy, RegistryRule, SubjectPattern};
 pub use store::PolicyStore;

@@ -14,7 +14,7 @@
 use std::fmt;
 
 use super::{
-    fields::{FieldRule, SignRule},
+    fields::{FieldRule, SignRule, WholeRule},
     registry::SubjectPattern,
 };
 use crate::principal::{Principal, PrincipalPattern};
@@ -83,12 +83,19 @@ pub struct TopicRule {
     pub fields: Vec<FieldRule>,
     /// Records produced to the topic are signed and fetched ones verified (`sign:`).
     pub sign: Option<SignRule>,
+    /// The record key is encrypted deterministically (`encrypt_key:`).
+    pub encrypt_key: Option<WholeRule>,
+    /// The whole value is encrypted (`encrypt_value:`); never together with `fields`.
+    pub encrypt_value: Option<WholeRule>,
 }
 
 impl TopicRule {
     /// Whether the rule protects the topic's records: fields or signatures.
     pub fn protects(&self) -> bool {
-        !self.fields.is_empty() || self.sign.is_some()
+        !self.fields.is_empty()
+            || self.sign.is_some()
+            || self.encrypt_key.is_some()
+            || self.encrypt_value.is_some()
     }
 }
 
@@ -364,6 +371,8 @@ mod tests {
             key: None,
             fields: Vec::new(),
             sign: None,
+            encrypt_key: None,
+            encrypt_value: None,
             value: Some(value_rule()),
         }
     }

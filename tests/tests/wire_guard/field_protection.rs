@@ -9,8 +9,8 @@ use integration_tests::{
     broker,
     proxy::InProcess,
     records::{
-        Got, Out, Registry, create_topics, framed, payload_file, produce, read_topic,
-        read_topic_with,
+        Got, Out, Registry, create_topics, create_topics_with, framed, payload_file, produce,
+        read_topic, read_topic_with,
     },
 };
 use serde_json::json;
@@ -725,5 +725,135 @@ async fn signed_records_verify_and_tampered_ones_are_flagged_or_dropped() -> any
         "{metrics}"
     );
     proxy.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_record_keys_keep_partitioning_and_compaction_and_whole_values_reveal()
+-> anyhow::Result<()> {
+    let run = run_id();
+    let dir = tempfile::tempdir()?;
+    let keyring = keyring(dir.path())?;
+    let registry = Registry::start().await?;
+    let topic = format!("fp-compact-{run}");
+    let direct = broker::shared().endpoint().bootstrap;
+    // Small segments and an eager cleaner, so compaction runs within the test.
+    create_topics_with(
+        &direct,
+        &[(&topic, 2)],
+        &[
+            ("cleanup.policy", "compact"),
+            ("segment.ms", "100"),
+            ("min.cleanable.dirty.ratio", "0.001"),
+            ("min.compaction.lag.ms", "0"),
+            ("delete.retention.ms", "100"),
+        ],
+    )
+    .await?;
+    let policy = format!(
+        r#"topics:
+  - id: accounts
+    match: ["{topic}"]
+    encrypt_key: {{ key: "local:pii", reveal_to: ["user:alice"] }}
+    encrypt_value: {{ key: "local:pii", reveal_to: ["user:alice"] }}
+"#
+    );
+    let proxy = guarded(&policy, &registry.url, &keyring, dir.path()).await?;
+    let second = guarded(&policy, &registry.url, &keyring, dir.path()).await?;
+    let record = |key: &str, value: &str| {
+        let mut out = Out::value(0, value.as_bytes().to_vec());
+        out.key = Some(key.as_bytes().to_vec());
+        out
+    };
+    // The client partitions by the plaintext key; the proxy encrypts after it.
+    let file = payload_file(
+        dir.path(),
+        &topic,
+        "lz4",
+        true,
+        &[
+            record("account-1", "balance 10"),
+            record("account-2", "balance 20"),
+        ],
+    )?;
+    let result = produce("java", &proxy.bootstrap(), &file, &args(&login("bob"))).await?;
+    assert_eq!(result["delivered"], 2, "{result}");
+    let file = payload_file(
+        dir.path(),
+        &topic,
+        "lz4",
+        true,
+        &[record("account-1", "balance 11")],
+    )?;
+    let result = produce(
+        "confluent",
+        &second.bootstrap(),
+        &file,
+        &args(&login("bob")),
+    )
+    .await?;
+    assert_eq!(result["delivered"], 1, "{result}");
+
+    let stored = read_topic(&direct, &topic, 3).await?;
+    assert_eq!(stored.len(), 3, "{stored:?}");
+    for got in &stored {
+        let (key, value) = (got.key.as_deref().unwrap(), got.value.as_deref().unwrap());
+        assert!(!contains(key, "account"), "key in the clear: {got:?}");
+        assert!(!contains(value, "balance"), "value in the clear: {got:?}");
+    }
+    let keys: std::collections::BTreeSet<_> = stored.iter().map(|g| g.key.clone()).collect();
+    assert_eq!(
+        keys.len(),
+        2,
+        "account-1 from two instances is one stored key: {stored:?}"
+    );
+
+    // A roll of the segment, then the cleaner keeps the latest record per encrypted key.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let file = payload_file(
+        dir.path(),
+        &topic,
+        "none",
+        false,
+        &[record("account-3", "roll")],
+    )?;
+    let result = produce("confluent", &proxy.bootstrap(), &file, &args(&login("bob"))).await?;
+    assert_eq!(result["delivered"], 1, "{result}");
+    let mut compacted = Vec::new();
+    for _ in 0..30 {
+        compacted = read_topic_with(&proxy.bootstrap(), &topic, 3, &args(&login("alice"))).await?;
+        if compacted.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let mut seen: Vec<(String, String)> = compacted
+        .iter()
+        .map(|g| {
+            (
+                String::from_utf8_lossy(g.key.as_deref().unwrap_or_default()).into_owned(),
+                String::from_utf8_lossy(g.value.as_deref().unwrap_or_default()).into_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("account-1".to_owned(), "balance 11".to_owned()),
+            ("account-2".to_owned(), "balance 20".to_owned()),
+            ("account-3".to_owned(), "roll".to_owned()),
+        ],
+        "compacted and revealed to alice"
+    );
+    // Bob reads what the broker holds.
+    let as_bob = read_topic_with(&proxy.bootstrap(), &topic, 3, &args(&login("bob"))).await?;
+    assert!(
+        as_bob
+            .iter()
+            .all(|g| !contains(g.value.as_deref().unwrap_or_default(), "balance"))
+    );
+    proxy.stop().await?;
+    second.stop().await?;
     Ok(())
 }

@@ -50,6 +50,64 @@ const AAD_LABEL: &[u8] = b"wire-guard field v1\0";
 /// A data key's id as envelopes carry it.
 pub type KeyId = [u8; KEY_ID_LEN];
 
+/// The field path whole-value encryption binds its data keys and ciphertext to.
+pub const WHOLE_VALUE: &str = "$value";
+const KEY_LABEL: &[u8] = b"wire-guard record key v1\0";
+
+/// The context record keys' deterministic keys are derived with: one per KMS key and topic.
+pub fn record_key_context(topic: &str) -> EncryptionContext {
+    EncryptionContext::new()
+        .with("wire-guard.purpose", "record-key")
+        .with("wire-guard.topic", topic)
+}
+
+/// Encrypts a record key deterministically (AES-256-GCM-SIV, fixed nonce): the same key
+/// always gives the same bytes, so partitioning and compaction still work, and nothing but
+/// equality is revealed. `0x01` followed by the ciphertext and tag.
+pub fn seal_record_key(key: &[u8; DATA_KEY_LEN], topic: &str, plaintext: &[u8]) -> Vec<u8> {
+    use aes_gcm_siv::{Aes256GcmSiv, KeyInit, aead::Aead};
+    let cipher = Aes256GcmSiv::new(key.into());
+    let nonce = aes_gcm_siv::Nonce::default();
+    let sealed = cipher
+        .encrypt(
+            &nonce,
+            Payload {
+                msg: plaintext,
+                aad: &record_key_aad(topic),
+            },
+        )
+        .expect("AES-GCM-SIV encrypts any length a record can hold");
+    let mut out = Vec::with_capacity(1 + sealed.len());
+    out.push(VERSION_1);
+    out.extend_from_slice(&sealed);
+    out
+}
+
+/// The record key [`seal_record_key`] sealed; `None` when it does not authenticate.
+pub fn open_record_key(key: &[u8; DATA_KEY_LEN], topic: &str, sealed: &[u8]) -> Option<Vec<u8>> {
+    use aes_gcm_siv::{Aes256GcmSiv, KeyInit, aead::Aead};
+    let (&VERSION_1, body) = sealed.split_first()? else {
+        return None;
+    };
+    let cipher = Aes256GcmSiv::new(key.into());
+    cipher
+        .decrypt(
+            &aes_gcm_siv::Nonce::default(),
+            Payload {
+                msg: body,
+                aad: &record_key_aad(topic),
+            },
+        )
+        .ok()
+}
+
+fn record_key_aad(topic: &str) -> Vec<u8> {
+    let mut aad = KEY_LABEL.to_vec();
+    aad.extend_from_slice(&(topic.len() as u64).to_be_bytes());
+    aad.extend_from_slice(topic.as_bytes());
+    aad
+}
+
 /// The id of a wrapped data key.
 pub fn key_id(wrapped: &[u8]) -> KeyId {
     let digest = ring::digest::digest(&ring::digest::SHA256, wrapped);
@@ -360,6 +418,33 @@ mod tests {
         assert_ne!(a, token(&k2, FieldKind::String, b"alice@example.com"));
         assert_ne!(a, token(&k1, FieldKind::String, b"bob@example.com"));
         assert_eq!(a.len(), 47, "tk1. and 43 base64url characters");
+    }
+
+    #[test]
+    fn record_keys_encrypt_deterministically_per_topic() {
+        let a = seal_record_key(&KEY, "t", b"customer-42");
+        assert_eq!(
+            a,
+            seal_record_key(&KEY, "t", b"customer-42"),
+            "same key, same bytes"
+        );
+        assert_ne!(a, seal_record_key(&KEY, "t", b"customer-43"));
+        assert_ne!(a, seal_record_key(&KEY, "u", b"customer-42"));
+        assert_eq!(
+            open_record_key(&KEY, "t", &a).as_deref(),
+            Some(&b"customer-42"[..])
+        );
+        assert_eq!(open_record_key(&KEY, "u", &a), None, "moved topic");
+        assert_eq!(
+            open_record_key(&[8; DATA_KEY_LEN], "t", &a),
+            None,
+            "other key"
+        );
+        assert_eq!(
+            open_record_key(&KEY, "t", b"customer-42"),
+            None,
+            "plaintext"
+        );
     }
 
     #[test]

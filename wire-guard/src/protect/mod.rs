@@ -38,7 +38,7 @@ use self::{
     sign::SigningKey,
 };
 use crate::{
-    kms::{DATA_KEY_LEN, Kms, KmsError},
+    kms::{DATA_KEY_LEN, KeyRef, Kms, KmsError},
     metrics::Metrics,
     records::{Batch, RecordEdit, RecordError},
     schema::{
@@ -183,6 +183,19 @@ impl Protection {
             Some(sign) => Some((self.signing_key(topic, sign).await?, sign.headers.clone())),
             None => None,
         };
+        let whole = Whole {
+            record_key: match &rule.encrypt_key {
+                Some(w) => Some(self.record_key_cipher(topic, &w.key).await?),
+                None => None,
+            },
+            value: match &rule.encrypt_value {
+                Some(w) => Some(
+                    self.seal_key(topic, &w.key, envelope::WHOLE_VALUE.to_owned(), uses)
+                        .await?,
+                ),
+                None => None,
+            },
+        };
         let topic_owned = topic.to_owned();
         let fields = rule.fields.clone();
         let rewritten = tokio::task::spawn_blocking(move || {
@@ -193,6 +206,7 @@ impl Protection {
                 &topic_owned,
                 &fields,
                 &keys,
+                &whole,
                 &values,
                 &batches,
                 &raw,
@@ -212,6 +226,54 @@ impl Protection {
             );
         }
         Ok(bytes)
+    }
+
+    /// A data key for `uses` encryptions of `path` on `topic`, with its key header.
+    async fn seal_key(
+        &self,
+        topic: &str,
+        kms_key: &KeyRef,
+        path: String,
+        uses: u32,
+    ) -> Result<ProduceKey, Refusal> {
+        let data_key = self
+            .kms()?
+            .reserve_data_key(kms_key, &envelope::context(topic, &path), uses)
+            .await
+            .map_err(|e| {
+                tracing::warn!(topic, field = %path, kms_key = %kms_key, error = %e, "no data key; partition refused, nothing sent upstream");
+                Refusal::kms(&e)
+            })?;
+        let header = KeyHeader {
+            kms_key: data_key
+                .wrapped_by
+                .clone()
+                .unwrap_or_else(|| kms_key.clone()),
+            field: path,
+            wrapped: data_key.wrapped.to_vec(),
+        }
+        .encode();
+        Ok(ProduceKey::Seal {
+            id: envelope::key_id(&data_key.wrapped),
+            first_use: data_key.use_index,
+            key: data_key.plaintext,
+            header,
+        })
+    }
+
+    /// The deterministic key record keys on `topic` are sealed with.
+    async fn record_key_cipher(
+        &self,
+        topic: &str,
+        kms_key: &KeyRef,
+    ) -> Result<Zeroizing<[u8; DATA_KEY_LEN]>, Refusal> {
+        self.kms()?
+            .derive_key(kms_key, &envelope::record_key_context(topic))
+            .await
+            .map_err(|e| {
+                tracing::warn!(topic, kms_key = %kms_key, error = %e, "no record-key key");
+                Refusal::kms(&e)
+            })
     }
 
     /// The key `sign` signs and verifies with, derived from its KMS key.
@@ -250,31 +312,7 @@ impl Protection {
                     derived.as_slice(),
                 )))
             }
-            (_, Some(kms_key)) => {
-                let data_key = self
-                    .kms()?
-                    .reserve_data_key(kms_key, &envelope::context(topic, &path), uses)
-                    .await
-                    .map_err(|e| {
-                        tracing::warn!(topic, field = %path, kms_key = %kms_key, error = %e, "no data key; partition refused, nothing sent upstream");
-                        Refusal::kms(&e)
-                    })?;
-                let header = KeyHeader {
-                    kms_key: data_key
-                        .wrapped_by
-                        .clone()
-                        .unwrap_or_else(|| kms_key.clone()),
-                    field: path,
-                    wrapped: data_key.wrapped.to_vec(),
-                }
-                .encode();
-                Ok(ProduceKey::Seal {
-                    id: envelope::key_id(&data_key.wrapped),
-                    first_use: data_key.use_index,
-                    key: data_key.plaintext,
-                    header,
-                })
-            }
+            (_, Some(kms_key)) => self.seal_key(topic, kms_key, path, uses).await,
             (action, None) => Err(Refusal::new(
                 ResponseError::UnknownServerError,
                 format!("field {path}: {} without a key", action.as_str()),
@@ -298,7 +336,11 @@ impl Protection {
             .iter()
             .map(|f| FetchPlan::for_reader(f, reader))
             .collect();
-        if plan.iter().all(|p| matches!(p, FetchPlan::Leave)) && rule.sign.is_none() {
+        if plan.iter().all(|p| matches!(p, FetchPlan::Leave))
+            && rule.sign.is_none()
+            && rule.encrypt_key.is_none()
+            && rule.encrypt_value.is_none()
+        {
             return Ok(None);
         }
         let limit = self.max_decompressed;
@@ -317,13 +359,17 @@ impl Protection {
             }
         };
         // Unwrap the data keys of the fields this reader needs decrypted.
-        let wanted: Vec<String> = rule
+        let mut wanted: Vec<String> = rule
             .fields
             .iter()
             .zip(&plan)
             .filter(|(_, p)| p.decrypts())
             .map(|(f, _)| f.path.to_string())
             .collect();
+        let reveal_value = rule.encrypt_value.as_ref().map(|w| w.reveals_to(reader));
+        if reveal_value == Some(true) {
+            wanted.push(envelope::WHOLE_VALUE.to_owned());
+        }
         let mut headers: HashMap<KeyId, KeyHeader> = HashMap::new();
         for b in batches.iter().filter(|b| !b.is_control()) {
             for r in &b.records {
@@ -371,6 +417,15 @@ impl Protection {
             Some(sign) => Some((self.signing_key(topic, sign).await?, sign.clone())),
             None => None,
         };
+        let whole = WholeFetch {
+            reveal_value,
+            record_key: match &rule.encrypt_key {
+                Some(w) if w.reveals_to(reader) => {
+                    Some(self.record_key_cipher(topic, &w.key).await?)
+                }
+                _ => None,
+            },
+        };
         let topic_owned = topic.to_owned();
         let fields = rule.fields.clone();
         let done = tokio::task::spawn_blocking(move || {
@@ -380,6 +435,7 @@ impl Protection {
                 &fields,
                 &plan,
                 &unwrapped,
+                &whole,
                 &values,
                 verifying.as_ref(),
                 &batches,
@@ -396,6 +452,24 @@ impl Protection {
             return Err(Refusal::new(ResponseError::CorruptMessage, failed));
         }
         for ((field, outcome), n) in counts {
+            if field == WHOLE_VALUE || field == RECORD_KEY {
+                let what = if field == WHOLE_VALUE {
+                    "$value"
+                } else {
+                    "$key"
+                };
+                if outcome != "revealed" {
+                    tracing::warn!(
+                        topic,
+                        what,
+                        records = n,
+                        outcome,
+                        "encrypted record keys or values not readable as stored"
+                    );
+                }
+                metrics.field_outcome(topic, what, "encrypt", outcome, n);
+                continue;
+            }
             if field == SIGNATURE {
                 if outcome != "verified" {
                     tracing::warn!(
@@ -441,7 +515,17 @@ pub async fn check_policy(
             .fields
             .iter()
             .filter_map(|f| f.key.as_ref().map(|k| (f.path.to_string(), k)))
-            .chain(rule.sign.iter().map(|s| ("sign".to_owned(), &s.key)));
+            .chain(rule.sign.iter().map(|s| ("sign".to_owned(), &s.key)))
+            .chain(
+                rule.encrypt_key
+                    .iter()
+                    .map(|w| ("encrypt_key".to_owned(), &w.key)),
+            )
+            .chain(
+                rule.encrypt_value
+                    .iter()
+                    .map(|w| ("encrypt_value".to_owned(), &w.key)),
+            );
         for (what, key) in named {
             let configured = match (key, kms) {
                 (crate::kms::KeyRef::Aws(_), Some(k)) => k.aws.is_some(),
@@ -533,6 +617,14 @@ impl FetchPlan {
     }
 }
 
+/// Whole record keys and values to encrypt, on produce.
+struct Whole {
+    /// The deterministic key record keys are sealed with.
+    record_key: Option<Zeroizing<[u8; DATA_KEY_LEN]>>,
+    /// A [`ProduceKey::Seal`] for whole values.
+    value: Option<ProduceKey>,
+}
+
 /// The signature settings for one pass: the key, and the header names the rule signs.
 pub(crate) struct Signing<'a> {
     key: &'a SigningKey,
@@ -565,11 +657,16 @@ fn protect_batches(
     topic: &str,
     fields: &[FieldRule],
     keys: &[ProduceKey],
+    whole: &Whole,
     values: &HashMap<u32, Arc<CompiledSchema>>,
     batches: &[Batch],
     raw: &Bytes,
     signing: Option<&Signing<'_>>,
 ) -> Result<(Bytes, Vec<u64>), Refusal> {
+    let mut value_use = match &whole.value {
+        Some(ProduceKey::Seal { first_use, .. }) => *first_use,
+        _ => 0,
+    };
     let paths: Vec<&shared::policy::FieldPath> = fields.iter().map(|f| &f.path).collect();
     let texts: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
     let mut next_use: Vec<u32> = keys
@@ -645,11 +742,35 @@ fn protect_batches(
                     }
                 }
             }
+            if let (
+                Some(ProduceKey::Seal {
+                    key, id, header, ..
+                }),
+                Some(value),
+            ) = (&whole.value, value)
+            {
+                let n = value_use;
+                value_use = n.wrapping_add(1);
+                new_value = Some(envelope::seal(
+                    key,
+                    id,
+                    n,
+                    topic,
+                    envelope::WHOLE_VALUE,
+                    FieldKind::Bytes,
+                    value,
+                ));
+                headers.push((KEY_HEADER.as_bytes().to_vec(), header.clone()));
+            }
+            let new_key = match (&whole.record_key, batch.key(record)) {
+                (Some(cipher), Some(k)) => Some(envelope::seal_record_key(cipher, topic, k)),
+                _ => None,
+            };
             if let Some(signing) = signing {
                 let stored = new_value.as_deref().or(value);
                 let message = sign::message(
                     topic,
-                    batch.key(record),
+                    new_key.as_deref().or(batch.key(record)),
                     stored,
                     &signed_headers(batch, record, signing.headers),
                 );
@@ -659,10 +780,13 @@ fn protect_batches(
                 ));
             }
             edits.push(
-                (new_value.is_some() || !headers.is_empty()).then(|| RecordEdit {
-                    value: new_value.or_else(|| value.map(<[u8]>::to_vec)),
-                    headers,
-                    drop: false,
+                (new_value.is_some() || new_key.is_some() || !headers.is_empty()).then(|| {
+                    RecordEdit {
+                        key: new_key,
+                        value: new_value.or_else(|| value.map(<[u8]>::to_vec)),
+                        headers,
+                        drop: false,
+                    }
                 }),
             );
             index += 1;
@@ -676,8 +800,19 @@ fn protect_batches(
     Ok((Bytes::from(out), counts))
 }
 
-/// The counts key of signature outcomes, beside the field rules' indexes.
+/// The counts keys of signature, whole-value and record-key outcomes, beside the field
+/// rules' indexes.
 const SIGNATURE: usize = usize::MAX;
+const WHOLE_VALUE: usize = usize::MAX - 1;
+const RECORD_KEY: usize = usize::MAX - 2;
+
+/// Whole values and record keys on fetch.
+struct WholeFetch {
+    /// `Some(reveal)` when values are encrypted whole: whether this reader sees them.
+    reveal_value: Option<bool>,
+    /// The record-key key, when keys are encrypted and this reader sees them.
+    record_key: Option<Zeroizing<[u8; DATA_KEY_LEN]>>,
+}
 
 /// The verification settings for one fetch pass.
 pub(crate) struct Verifying<'a> {
@@ -696,6 +831,7 @@ fn reveal_batches(
     fields: &[FieldRule],
     plan: &[FetchPlan],
     unwrapped: &HashMap<KeyId, Zeroizing<[u8; DATA_KEY_LEN]>>,
+    whole: &WholeFetch,
     values: &HashMap<u32, Arc<CompiledSchema>>,
     verifying: Option<&Verifying<'_>>,
     batches: &[Batch],
@@ -745,6 +881,7 @@ fn reveal_batches(
                             }
                             OnSignatureFailure::Drop => {
                                 edits.push(Some(RecordEdit {
+                                    key: None,
                                     value: None,
                                     headers: Vec::new(),
                                     drop: true,
@@ -753,6 +890,7 @@ fn reveal_batches(
                             }
                             OnSignatureFailure::Flag => {
                                 edit = Some(RecordEdit {
+                                    key: None,
                                     value: value.map(<[u8]>::to_vec),
                                     headers: vec![(
                                         sign::VERDICT_HEADER.as_bytes().to_vec(),
@@ -763,6 +901,46 @@ fn reveal_batches(
                             }
                         }
                     }
+                }
+                let fresh = || RecordEdit {
+                    key: None,
+                    value: value.map(<[u8]>::to_vec),
+                    headers: Vec::new(),
+                    drop: false,
+                };
+                if let (Some(reveal), Some(v)) = (whole.reveal_value, value) {
+                    match envelope::open_envelope(FieldKind::Bytes, v) {
+                        Some(sealed) if reveal => {
+                            let plain = unwrapped.get(&sealed.key_id).and_then(|k| {
+                                envelope::unseal(k, &sealed, topic, envelope::WHOLE_VALUE)
+                            });
+                            let outcome = match plain {
+                                Some(plain) => {
+                                    edit.get_or_insert_with(fresh).value = Some(plain.to_vec());
+                                    "revealed"
+                                }
+                                None => "unreadable",
+                            };
+                            *counts.entry((WHOLE_VALUE, outcome)).or_default() += 1;
+                        }
+                        Some(_) => {}
+                        None => {
+                            *counts.entry((WHOLE_VALUE, "plaintext_found")).or_default() += 1;
+                            if !reveal {
+                                edit.get_or_insert_with(fresh).value = None;
+                            }
+                        }
+                    }
+                }
+                if let (Some(cipher), Some(k)) = (&whole.record_key, batch.key(record)) {
+                    let outcome = match envelope::open_record_key(cipher, topic, k) {
+                        Some(plain) => {
+                            edit.get_or_insert_with(fresh).key = Some(plain);
+                            "revealed"
+                        }
+                        None => "unreadable",
+                    };
+                    *counts.entry((RECORD_KEY, outcome)).or_default() += 1;
                 }
                 let revealed = value.and_then(|value| {
                     if fields.is_empty() {
@@ -788,8 +966,7 @@ fn reveal_batches(
                     }
                 });
                 if let Some(new) = revealed {
-                    let e = edit.get_or_insert_with(RecordEdit::default);
-                    e.value = Some(new);
+                    edit.get_or_insert_with(fresh).value = Some(new);
                 }
                 edits.push(edit);
             }

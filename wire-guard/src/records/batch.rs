@@ -282,6 +282,8 @@ impl Batch {
 /// What changes in one record when a batch is rewritten.
 #[derive(Debug, Clone, Default)]
 pub struct RecordEdit {
+    /// A new key (`None`: the key as it was).
+    pub key: Option<Vec<u8>>,
     /// The new value (`None`: null).
     pub value: Option<Vec<u8>>,
     /// Headers added after the record's own.
@@ -314,10 +316,13 @@ impl Batch {
             body.clear();
             body.extend_from_slice(&self.data[record.head.clone()]);
             varint::write_i32(&mut body, record.offset_delta);
-            put_bytes(
-                &mut body,
-                record.key.as_ref().map(|k| &self.data[k.clone()]),
-            );
+            match &edit.key {
+                Some(key) => put_bytes(&mut body, Some(key)),
+                None => put_bytes(
+                    &mut body,
+                    record.key.as_ref().map(|k| &self.data[k.clone()]),
+                ),
+            }
             put_bytes(&mut body, edit.value.as_deref());
             varint::write_i64(
                 &mut body,
