@@ -154,6 +154,10 @@ pub struct Args {
     /// [default: 67108864]; beyond it the partition is refused RECORD_LIST_TOO_LARGE.
     #[arg(long, env = "WIRE_GUARD_MAX_DECOMPRESSED_BYTES")]
     pub max_decompressed_bytes: Option<usize>,
+    /// The largest record batch the brokers accept, their `max.message.bytes` [default:
+    /// 1048588]; a batch field protection grows past it is refused MESSAGE_TOO_LARGE.
+    #[arg(long, env = "WIRE_GUARD_MAX_BATCH_BYTES")]
+    pub max_batch_bytes: Option<usize>,
     /// Local keyring file serving `local:` keys to field protection (mode 600; see
     /// docs/field-protection.md). The cache and retry bounds are set in the config file's
     /// `kms:` section.
@@ -208,6 +212,7 @@ struct FileConfig {
     dead_letter_sasl_username: Option<String>,
     dead_letter_sasl_password: Option<String>,
     max_decompressed_bytes: Option<usize>,
+    max_batch_bytes: Option<usize>,
     kms: Option<crate::kms::KmsConfig>,
 }
 
@@ -471,6 +476,9 @@ impl Args {
         config.dead_letter_login = dead_letter_login;
         if let Some(bytes) = self.max_decompressed_bytes.or(file.max_decompressed_bytes) {
             config.max_decompressed_bytes = bytes.max(1);
+        }
+        if let Some(bytes) = self.max_batch_bytes.or(file.max_batch_bytes) {
+            config.max_batch_bytes = bytes.max(1);
         }
         let mut kms = file.kms.clone();
         if let Some(path) = &self.kms_local_keyring {

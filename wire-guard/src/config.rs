@@ -42,6 +42,8 @@ pub struct Config {
     /// Most bytes one partition's batches in a Produce request may decompress to: a small
     /// compressed request must not be able to claim gigabytes.
     pub max_decompressed_bytes: usize,
+    /// The largest record batch the brokers accept (`max.message.bytes`).
+    pub max_batch_bytes: usize,
     /// The KMS backends field protection takes keys from; needed once a policy names a key.
     pub kms: Option<crate::kms::KmsConfig>,
 }
@@ -81,6 +83,8 @@ impl Config {
             dead_letter_timeout: Duration::from_secs(30),
             dead_letter_login: None,
             max_decompressed_bytes: 64 * 1024 * 1024,
+            // Kafka's default message.max.bytes.
+            max_batch_bytes: 1_048_588,
             kms: None,
         }
     }

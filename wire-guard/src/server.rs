@@ -313,6 +313,7 @@ pub async fn run(
             protection: crate::protect::Protection {
                 kms,
                 max_decompressed: config.max_decompressed_bytes,
+                max_batch_bytes: config.max_batch_bytes,
             },
             dead_letters: DeadLetters::new(
                 connector.clone(),

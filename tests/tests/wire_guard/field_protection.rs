@@ -857,3 +857,72 @@ async fn encrypted_record_keys_keep_partitioning_and_compaction_and_whole_values
     second.stop().await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_protection_grows_past_the_broker_limit_is_refused_as_too_large()
+-> anyhow::Result<()> {
+    let run = run_id();
+    let dir = tempfile::tempdir()?;
+    let keyring = keyring(dir.path())?;
+    let registry = Registry::start().await?;
+    let topic = format!("fp-large-{run}");
+    let id = registry
+        .register(&format!("{topic}-value"), json!({ "schema": CUSTOMER }))
+        .await?;
+    let direct = broker::shared().endpoint().bootstrap;
+    create_topics(&direct, &[(&topic, 1)]).await?;
+    let proxy = guarded(&policy(&topic), &registry.url, &keyring, dir.path()).await?;
+    // About 1 KB each: librdkafka fills batches up to the broker's 1 MiB limit, and protection
+    // adds a few hundred bytes per record. Kafka takes one batch per partition per request, so
+    // the proxy cannot split it: the producer hears MSG_SIZE_TOO_LARGE and nothing is written.
+    let filler = "f".repeat(900);
+    let records: Vec<Out> = (0..3000)
+        .map(|i| {
+            Out::value(
+                0,
+                framed(id, &customer(&format!("{i}-{filler}"), CARD, EMAIL, PHONE)),
+            )
+        })
+        .collect();
+    let file = payload_file(dir.path(), &topic, "none", true, &records)?;
+    let result = produce("confluent", &proxy.bootstrap(), &file, &args(&login("bob"))).await?;
+    let failed = result["failed"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !failed.is_empty(),
+        "no batch was refused: {}",
+        result["delivered"]
+    );
+    assert!(
+        failed.iter().all(|f| f["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("MSG_SIZE_TOO_LARGE"))),
+        "{:?}",
+        &failed[..1]
+    );
+    let stored = read_topic(
+        &direct,
+        &topic,
+        result["delivered"].as_u64().unwrap_or(0) as usize,
+    )
+    .await?;
+    assert_eq!(
+        stored.len() as u64,
+        result["delivered"].as_u64().unwrap_or(0)
+    );
+    for got in &stored {
+        assert!(
+            !contains(got.value.as_deref().unwrap_or_default(), CARD),
+            "in the clear: {got:?}"
+        );
+    }
+    let metrics = proxy.metrics().await?;
+    assert!(
+        metric(
+            &metrics,
+            &["wire_guard_records_total", "protection_refused"]
+        ) >= 1.0,
+        "{metrics}"
+    );
+    proxy.stop().await?;
+    Ok(())
+}

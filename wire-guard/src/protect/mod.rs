@@ -89,6 +89,9 @@ pub struct Protection {
     pub kms: Option<Arc<dyn Kms>>,
     /// Most bytes one partition's batches may decompress to.
     pub max_decompressed: usize,
+    /// The largest batch the brokers accept (`max.message.bytes`): a batch protection grows
+    /// beyond it is refused `MESSAGE_TOO_LARGE` rather than sent.
+    pub max_batch_bytes: usize,
 }
 
 /// The key material one field rule needs on produce.
@@ -198,6 +201,7 @@ impl Protection {
         };
         let topic_owned = topic.to_owned();
         let fields = rule.fields.clone();
+        let max_batch_bytes = self.max_batch_bytes;
         let rewritten = tokio::task::spawn_blocking(move || {
             let signing = signer
                 .as_ref()
@@ -211,6 +215,7 @@ impl Protection {
                 &batches,
                 &raw,
                 signing.as_ref(),
+                max_batch_bytes,
             )
         })
         .await
@@ -662,6 +667,7 @@ fn protect_batches(
     batches: &[Batch],
     raw: &Bytes,
     signing: Option<&Signing<'_>>,
+    max_batch_bytes: usize,
 ) -> Result<(Bytes, Vec<u64>), Refusal> {
     let mut value_use = match &whole.value {
         Some(ProduceKey::Seal { first_use, .. }) => *first_use,
@@ -794,7 +800,22 @@ fn protect_batches(
         if edits.iter().all(Option::is_none) {
             out.extend_from_slice(&raw[batch.raw.clone()]);
         } else {
-            out.extend_from_slice(&batch.rewrite(&edits).map_err(record_refusal)?);
+            let rewritten = batch.rewrite(&edits).map_err(record_refusal)?;
+            // Kafka takes one batch per partition per request, so a batch cannot be split
+            // here: one grown past what the broker accepts is refused with the error that
+            // tells producers to send smaller batches (the Java client splits and retries).
+            if rewritten.len() > max_batch_bytes {
+                return Err(Refusal::new(
+                    ResponseError::MessageTooLarge,
+                    format!(
+                        "protection grew a {}-byte batch of {} records to {} bytes, over the {max_batch_bytes} the broker accepts (--max-batch-bytes); lower the producer's batch.size or raise the topic's max.message.bytes",
+                        batch.raw.len(),
+                        batch.records.len(),
+                        rewritten.len()
+                    ),
+                ));
+            }
+            out.extend_from_slice(&rewritten);
         }
     }
     Ok((Bytes::from(out), counts))
