@@ -12,7 +12,8 @@
 //!   `reveal_to` read the plaintext through wire-guard, everyone else the ciphertext.
 //! - `tokenize`: the field is replaced by a deterministic keyed token (same input and key,
 //!   same token, on every wire-guard instance), so joins and counts still work; nobody reads
-//!   the original back.
+//!   the original back, unless `reversible: true` makes the token a deterministic encryption
+//!   that principals in `reveal_to` read in the clear.
 //! - `mask`: with a `key`, the field is stored encrypted and principals outside `reveal_to`
 //!   read it masked (all of it, or all but the last `keep_last` characters); without a key
 //!   the mask is applied before the broker, and nobody reads the original back.
@@ -47,7 +48,7 @@ impl FieldRule {
         match self.action {
             FieldAction::Encrypt => true,
             FieldAction::Mask { .. } => self.key.is_some(),
-            FieldAction::Tokenize => false,
+            FieldAction::Tokenize { .. } => false,
         }
     }
 }
@@ -127,7 +128,11 @@ impl OnSignatureFailure {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FieldAction {
     Encrypt,
-    Tokenize,
+    /// `reversible`: the token is a deterministic encryption that principals in `reveal_to`
+    /// read back; otherwise a keyed hash nobody can reverse.
+    Tokenize {
+        reversible: bool,
+    },
     /// `keep_last`: how many trailing characters stay visible (0: masked entirely).
     Mask {
         keep_last: usize,
@@ -138,7 +143,7 @@ impl FieldAction {
     pub fn as_str(&self) -> &'static str {
         match self {
             FieldAction::Encrypt => "encrypt",
-            FieldAction::Tokenize => "tokenize",
+            FieldAction::Tokenize { .. } => "tokenize",
             FieldAction::Mask { .. } => "mask",
         }
     }

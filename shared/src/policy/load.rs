@@ -127,6 +127,8 @@ struct FieldRuleDoc {
     reveal_to: Option<SpannedList>,
     #[serde(default)]
     keep_last: Option<Spanned<usize>>,
+    #[serde(default)]
+    reversible: Option<Spanned<bool>>,
 }
 
 /// A topic rule's `key:` or `value:` as written.
@@ -749,7 +751,9 @@ fn field_rule(check: &mut Checker<'_>, doc: &Spanned<FieldRuleDoc>) -> Option<Fi
         }
         Some(a) => match a.value.as_str() {
             "encrypt" => Some(FieldAction::Encrypt),
-            "tokenize" => Some(FieldAction::Tokenize),
+            "tokenize" => Some(FieldAction::Tokenize {
+                reversible: f.reversible.as_ref().is_some_and(|r| r.value),
+            }),
             "mask" => Some(FieldAction::Mask {
                 keep_last: f.keep_last.as_ref().map_or(0, |k| k.value),
             }),
@@ -766,6 +770,15 @@ fn field_rule(check: &mut Checker<'_>, doc: &Spanned<FieldRuleDoc>) -> Option<Fi
             }
         },
     };
+    if let (Some(r), Some(action)) = (&f.reversible, action)
+        && !matches!(action, FieldAction::Tokenize { .. })
+    {
+        check.push(
+            at(r),
+            format!("field {shown}: reversible applies only to action: tokenize"),
+            "remove reversible (an encrypted field is always readable by reveal_to)",
+        );
+    }
     if let (Some(k), Some(action)) = (&f.keep_last, action)
         && !matches!(action, FieldAction::Mask { .. })
     {
@@ -795,15 +808,15 @@ fn field_rule(check: &mut Checker<'_>, doc: &Spanned<FieldRuleDoc>) -> Option<Fi
         .map(|list| check.principals(&list.value))
         .unwrap_or_default();
     match action {
-        Some(FieldAction::Encrypt | FieldAction::Tokenize) if f.key.is_none() => check.push(
+        Some(FieldAction::Encrypt | FieldAction::Tokenize { .. }) if f.key.is_none() => check.push(
             at(doc),
             format!("field {shown}: {} needs a `key`", action.map_or("", |a| a.as_str())),
             "add key: aws-kms:alias/NAME or key: local:NAME",
         ),
-        Some(FieldAction::Tokenize) if f.reveal_to.is_some() => check.push(
+        Some(FieldAction::Tokenize { reversible: false }) if f.reveal_to.is_some() => check.push(
             f.reveal_to.as_ref().and_then(at),
             format!("field {shown}: a token cannot be revealed"),
-            "tokens are one-way; remove reveal_to, or use action: encrypt to let principals read the field",
+            "tokens are one-way; remove reveal_to, or add reversible: true for a token reveal_to reads back",
         ),
         Some(FieldAction::Mask { .. }) if f.key.is_none() && f.reveal_to.is_some() => check.push(
             f.reveal_to.as_ref().and_then(at),
@@ -1227,6 +1240,41 @@ mod tests {
         assert_eq!(rule.fields[1].action, FieldAction::Mask { keep_last: 4 });
         assert!(rule.fields[0].stored_encrypted());
         assert!(set.topics.protection_for("orders").is_none());
+    }
+
+    #[test]
+    fn reversible_applies_to_tokens_and_lets_them_be_revealed() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "tokens.yaml",
+            r#"topics:
+  - id: t
+    match: [payments]
+    value: { schema: required }
+    fields:
+      - { path: "$.a", action: tokenize, reversible: true, key: "local:k", reveal_to: ["user:x"] }
+      - { path: "$.b", action: encrypt, reversible: true, key: "local:k" }
+"#,
+        );
+        let errors = errors_of(dir.path());
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert!(
+            errors[0].contains("reversible applies only to action: tokenize"),
+            "{errors:#?}"
+        );
+        let one = tempfile::tempdir().unwrap();
+        write(
+            one.path(),
+            "tokens.yaml",
+            "topics:\n  - id: t\n    match: [p]\n    value: { schema: required }\n    fields:\n      - { path: \"$.a\", action: tokenize, reversible: true, key: \"local:k\", reveal_to: [\"user:x\"] }\n",
+        );
+        let set = load_dir(one.path()).expect("a reversible token with reveal_to loads");
+        let rule = set.topics.protection_for("p").unwrap();
+        assert_eq!(
+            rule.fields[0].action,
+            FieldAction::Tokenize { reversible: true }
+        );
     }
 
     #[test]

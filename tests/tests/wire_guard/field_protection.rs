@@ -334,6 +334,7 @@ async fn json_and_protobuf_fields_round_trip_through_every_client() -> anyhow::R
     value: {{ schema: required }}
     fields:
       - {{ path: "$.email", action: encrypt, key: "local:pii", reveal_to: ["user:alice"] }}
+      - {{ path: "$.id", action: tokenize, reversible: true, key: "local:tokens", reveal_to: ["user:alice"] }}
 "#
     );
     let proxy = guarded(&policy, &registry.url, &keyring, dir.path()).await?;
@@ -390,7 +391,22 @@ async fn json_and_protobuf_fields_round_trip_through_every_client() -> anyhow::R
             let doc: serde_json::Value =
                 serde_json::from_slice(&stored[0].value.as_ref().unwrap()[5..])?;
             assert!(doc["email"].as_str().unwrap().starts_with("wg1."), "{doc}");
-            assert_eq!(doc["id"], "0");
+            // A reversible token: the same for the same id, read back by alice only.
+            assert!(doc["id"].as_str().unwrap().starts_with("tkr1."), "{doc}");
+            let ids = |records: &[Got]| -> Vec<String> {
+                let mut ids: Vec<String> = records
+                    .iter()
+                    .map(|g| {
+                        let doc: serde_json::Value =
+                            serde_json::from_slice(&g.value.as_ref().unwrap()[5..]).unwrap();
+                        doc["id"].as_str().unwrap().to_owned()
+                    })
+                    .collect();
+                ids.sort();
+                ids
+            };
+            assert_eq!(ids(&revealed), ["0", "1", "2", "3"]);
+            assert!(ids(&withheld).iter().all(|id| id.starts_with("tkr1.")));
         }
     }
     proxy.stop().await?;

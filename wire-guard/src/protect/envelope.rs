@@ -286,16 +286,85 @@ pub fn token(key: &ring::hmac::Key, kind: FieldKind, value: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Whether `value` has a token's shape (what [`token`] writes).
+/// Whether `value` has a token's shape (what [`token`] or [`seal_token`] writes).
 pub fn is_token(kind: FieldKind, value: &[u8]) -> bool {
     match kind {
-        FieldKind::Bytes => value.len() == 32,
-        FieldKind::String => value
-            .strip_prefix(TOKEN_PREFIX.as_bytes())
-            .is_some_and(|rest| {
-                rest.len() == 43 && URL_SAFE_NO_PAD.decode(rest).is_ok_and(|b| b.len() == 32)
-            }),
+        FieldKind::Bytes => {
+            value.len() == 32 || (value.first() == Some(&TOKEN_REVERSIBLE) && value.len() > 16)
+        }
+        FieldKind::String => {
+            value
+                .strip_prefix(TOKEN_PREFIX.as_bytes())
+                .is_some_and(|rest| {
+                    rest.len() == 43 && URL_SAFE_NO_PAD.decode(rest).is_ok_and(|b| b.len() == 32)
+                })
+                || value
+                    .strip_prefix(REVERSIBLE_TOKEN_PREFIX.as_bytes())
+                    .is_some_and(|rest| URL_SAFE_NO_PAD.decode(rest).is_ok_and(|b| b.len() >= 16))
+        }
     }
+}
+
+const REVERSIBLE_TOKEN_PREFIX: &str = "tkr1.";
+/// The first byte of a reversible token in a bytes field.
+const TOKEN_REVERSIBLE: u8 = 2;
+const TOKEN_LABEL: &[u8] = b"wire-guard token v1\0";
+
+/// The context reversible tokens' keys are derived with: one per KMS key, so tokens match
+/// across fields and topics.
+pub fn reversible_token_context() -> EncryptionContext {
+    EncryptionContext::new().with("wire-guard.purpose", "reversible-token")
+}
+
+/// A reversible token: AES-256-GCM-SIV with a fixed nonce, so equal values give equal tokens.
+/// A string field holds `tkr1.` and the ciphertext and tag in unpadded base64url; a bytes field
+/// `0x02` and the ciphertext and tag.
+pub fn seal_token(key: &[u8; DATA_KEY_LEN], kind: FieldKind, plaintext: &[u8]) -> Vec<u8> {
+    use aes_gcm_siv::{Aes256GcmSiv, KeyInit, aead::Aead};
+    let sealed = Aes256GcmSiv::new(key.into())
+        .encrypt(
+            &aes_gcm_siv::Nonce::default(),
+            Payload {
+                msg: plaintext,
+                aad: TOKEN_LABEL,
+            },
+        )
+        .expect("AES-GCM-SIV encrypts any length a record can hold");
+    match kind {
+        FieldKind::Bytes => {
+            let mut out = vec![TOKEN_REVERSIBLE];
+            out.extend_from_slice(&sealed);
+            out
+        }
+        FieldKind::String => {
+            let mut out = REVERSIBLE_TOKEN_PREFIX.as_bytes().to_vec();
+            out.extend_from_slice(URL_SAFE_NO_PAD.encode(&sealed).as_bytes());
+            out
+        }
+    }
+}
+
+/// The value a reversible token stands for; `None` when it is not one this key made.
+pub fn open_token(key: &[u8; DATA_KEY_LEN], kind: FieldKind, token: &[u8]) -> Option<Vec<u8>> {
+    use aes_gcm_siv::{Aes256GcmSiv, KeyInit, aead::Aead};
+    let sealed = match kind {
+        FieldKind::Bytes => match token.split_first() {
+            Some((&TOKEN_REVERSIBLE, rest)) => rest.to_vec(),
+            _ => return None,
+        },
+        FieldKind::String => URL_SAFE_NO_PAD
+            .decode(token.strip_prefix(REVERSIBLE_TOKEN_PREFIX.as_bytes())?)
+            .ok()?,
+    };
+    Aes256GcmSiv::new(key.into())
+        .decrypt(
+            &aes_gcm_siv::Nonce::default(),
+            Payload {
+                msg: &sealed,
+                aad: TOKEN_LABEL,
+            },
+        )
+        .ok()
 }
 
 /// `value` masked: every character (or byte) but the last `keep_last` replaced by `*` (or 0).
@@ -445,6 +514,22 @@ mod tests {
             None,
             "plaintext"
         );
+    }
+
+    #[test]
+    fn reversible_tokens_are_deterministic_and_open_only_with_their_key() {
+        for kind in [FieldKind::String, FieldKind::Bytes] {
+            let a = seal_token(&KEY, kind, b"alice@example.com");
+            assert_eq!(a, seal_token(&KEY, kind, b"alice@example.com"));
+            assert_ne!(a, seal_token(&KEY, kind, b"bob@example.com"));
+            assert!(is_token(kind, &a), "{kind:?}");
+            assert_eq!(
+                open_token(&KEY, kind, &a).as_deref(),
+                Some(&b"alice@example.com"[..])
+            );
+            assert_eq!(open_token(&[8; DATA_KEY_LEN], kind, &a), None);
+            assert_eq!(open_token(&KEY, kind, b"alice@example.com"), None);
+        }
     }
 
     #[test]

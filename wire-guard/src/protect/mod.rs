@@ -104,6 +104,7 @@ enum ProduceKey {
         header: Vec<u8>,
     },
     Token(ring::hmac::Key),
+    ReversibleToken(Zeroizing<[u8; DATA_KEY_LEN]>),
     Mask(usize),
 }
 
@@ -303,7 +304,18 @@ impl Protection {
         let path = field.path.to_string();
         match (field.action, &field.key) {
             (FieldAction::Mask { keep_last }, None) => Ok(ProduceKey::Mask(keep_last)),
-            (FieldAction::Tokenize, Some(kms_key)) => {
+            (FieldAction::Tokenize { reversible: true }, Some(kms_key)) => {
+                let derived = self
+                    .kms()?
+                    .derive_key(kms_key, &envelope::reversible_token_context())
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(topic, field = %path, kms_key = %kms_key, error = %e, "no token key; partition refused");
+                        Refusal::kms(&e)
+                    })?;
+                Ok(ProduceKey::ReversibleToken(derived))
+            }
+            (FieldAction::Tokenize { reversible: false }, Some(kms_key)) => {
                 let derived = self
                     .kms()?
                     .derive_key(kms_key, &envelope::token_context())
@@ -422,6 +434,17 @@ impl Protection {
             Some(sign) => Some((self.signing_key(topic, sign).await?, sign.clone())),
             None => None,
         };
+        let mut token_keys = HashMap::new();
+        for (i, (field, plan)) in rule.fields.iter().zip(&plan).enumerate() {
+            if let (FetchPlan::RevealToken, Some(kms_key)) = (plan, &field.key) {
+                let derived = self
+                    .kms()?
+                    .derive_key(kms_key, &envelope::reversible_token_context())
+                    .await
+                    .map_err(|e| Refusal::kms(&e))?;
+                token_keys.insert(i, derived);
+            }
+        }
         let whole = WholeFetch {
             reveal_value,
             record_key: match &rule.encrypt_key {
@@ -440,6 +463,7 @@ impl Protection {
                 &fields,
                 &plan,
                 &unwrapped,
+                &token_keys,
                 &whole,
                 &values,
                 verifying.as_ref(),
@@ -596,14 +620,20 @@ enum FetchPlan {
     Withhold,
     /// Decrypted for a reader in `reveal_to`.
     Reveal,
+    /// A reversible token read back for a reader in `reveal_to`.
+    RevealToken,
     /// Decrypted and masked, keeping the last characters.
     Mask(usize),
 }
 
 impl FetchPlan {
     fn for_reader(field: &FieldRule, reader: Option<&Principal>) -> FetchPlan {
-        if field.action == FieldAction::Tokenize {
-            return FetchPlan::Token;
+        if let FieldAction::Tokenize { reversible } = field.action {
+            return if reversible && field.reveals_to(reader) {
+                FetchPlan::RevealToken
+            } else {
+                FetchPlan::Token
+            };
         }
         if !field.stored_encrypted() {
             return FetchPlan::Leave;
@@ -727,6 +757,9 @@ fn protect_batches(
                             envelope::seal(key, id, n, topic, &texts[i], kind, current)
                         }
                         ProduceKey::Token(mac) => envelope::token(mac, kind, current),
+                        ProduceKey::ReversibleToken(key) => {
+                            envelope::seal_token(key, kind, current)
+                        }
                         ProduceKey::Mask(keep_last) => envelope::mask(kind, current, *keep_last),
                     };
                     counts[i] += 1;
@@ -852,6 +885,7 @@ fn reveal_batches(
     fields: &[FieldRule],
     plan: &[FetchPlan],
     unwrapped: &HashMap<KeyId, Zeroizing<[u8; DATA_KEY_LEN]>>,
+    token_keys: &HashMap<usize, Zeroizing<[u8; DATA_KEY_LEN]>>,
     whole: &WholeFetch,
     values: &HashMap<u32, Arc<CompiledSchema>>,
     verifying: Option<&Verifying<'_>>,
@@ -970,8 +1004,15 @@ fn reveal_batches(
                     let (id, payload) = framing::split(value).ok()?;
                     let schema = values.get(&id)?;
                     let edited = schema.edit_fields(payload, &paths, |i, kind, current| {
-                        let (new, outcome) =
-                            reveal_field(plan[i], kind, current, unwrapped, topic, &texts[i]);
+                        let (new, outcome) = reveal_field(
+                            plan[i],
+                            kind,
+                            current,
+                            unwrapped,
+                            token_keys.get(&i),
+                            topic,
+                            &texts[i],
+                        );
                         if let Some(outcome) = outcome {
                             *counts.entry((i, outcome)).or_default() += 1;
                         }
@@ -1018,9 +1059,17 @@ fn reveal_field(
     kind: FieldKind,
     current: &[u8],
     unwrapped: &HashMap<KeyId, Zeroizing<[u8; DATA_KEY_LEN]>>,
+    token_key: Option<&Zeroizing<[u8; DATA_KEY_LEN]>>,
     topic: &str,
     path: &str,
 ) -> (Option<Vec<u8>>, Option<&'static str>) {
+    if let FetchPlan::RevealToken = plan {
+        return match token_key.and_then(|k| envelope::open_token(k, kind, current)) {
+            Some(plain) => (Some(plain), Some("revealed")),
+            None if envelope::is_token(kind, current) => (None, Some("unreadable")),
+            None => (None, Some("plaintext_found")),
+        };
+    }
     if let FetchPlan::Token = plan {
         return if envelope::is_token(kind, current) {
             (None, None)
@@ -1033,7 +1082,7 @@ fn reveal_field(
     }
     let sealed = envelope::open_envelope(kind, current);
     match (plan, sealed) {
-        (FetchPlan::Leave | FetchPlan::Token, _) => (None, None),
+        (FetchPlan::Leave | FetchPlan::Token | FetchPlan::RevealToken, _) => (None, None),
         // Plaintext where ciphertext belongs: never shown to a reader who may not see it.
         (FetchPlan::Withhold | FetchPlan::Mask(_), None) => (
             Some(envelope::mask(kind, current, 0)),
