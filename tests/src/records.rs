@@ -118,7 +118,8 @@ pub fn framed(id: u32, payload: &[u8]) -> Vec<u8> {
     out
 }
 
-fn zigzag(out: &mut Vec<u8>, v: i64) {
+/// Appends an Avro `long` (zigzag varint).
+pub fn avro_long(out: &mut Vec<u8>, v: i64) {
     let mut z = ((v << 1) ^ (v >> 63)) as u64;
     while z >= 0x80 {
         out.push((z as u8) | 0x80);
@@ -127,13 +128,31 @@ fn zigzag(out: &mut Vec<u8>, v: i64) {
     out.push(z as u8);
 }
 
+/// Appends an Avro `string`: its length, then its bytes.
+pub fn avro_string(out: &mut Vec<u8>, s: &str) {
+    avro_long(out, s.len() as i64);
+    out.extend_from_slice(s.as_bytes());
+}
+
 /// An Avro `Payment {id: string, amount: long}` in Avro's binary encoding.
 pub fn avro_payment(id: &str, amount: i64) -> Vec<u8> {
     let mut out = Vec::new();
-    zigzag(&mut out, id.len() as i64);
-    out.extend_from_slice(id.as_bytes());
-    zigzag(&mut out, amount);
+    avro_string(&mut out, id);
+    avro_long(&mut out, amount);
     out
+}
+
+/// A name suffix unique to one test run, so topics and groups never collide with earlier runs
+/// against the same broker.
+pub fn run_id() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+            & 0xffff_ffff_ffff
+    )
 }
 
 pub const AVRO_PAYMENT: &str = r#"{"type":"record","name":"Payment","namespace":"example.payments","fields":[{"name":"id","type":"string"},{"name":"amount","type":"long"}]}"#;

@@ -10,7 +10,7 @@ use integration_tests::{
     proxy::InProcess,
     records::{
         AVRO_PAYMENT, Got, JSON_PAYMENT, Out, Registry, avro_payment, create_topics, framed,
-        payload_file, produce, read_topic,
+        payload_file, produce, read_topic, run_id,
     },
 };
 use serde_json::json;
@@ -19,17 +19,6 @@ use wire_guard::schema::RegistryConfig;
 /// A topic, the values produced to it, and for each bad one (by index) the reasons it may be
 /// dead-lettered with.
 type Case<'a> = (&'a String, Vec<Vec<u8>>, BTreeMap<usize, &'a [&'a str]>);
-
-fn run_id() -> String {
-    format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default()
-            & 0xffff_ffff_ffff
-    )
-}
 
 /// wire-guard in front of the shared broker with `policy` (YAML) and the registry at `url`.
 async fn guarded(policy: &str, url: &str, dir: &Path) -> anyhow::Result<InProcess> {

@@ -9,8 +9,8 @@ use integration_tests::{
     broker,
     proxy::InProcess,
     records::{
-        Got, Out, Registry, create_topics, create_topics_with, framed, payload_file, produce,
-        read_topic, read_topic_with,
+        Got, Out, Registry, avro_long, avro_string, create_topics, create_topics_with, framed,
+        payload_file, produce, read_topic, read_topic_with, run_id,
     },
 };
 use serde_json::json;
@@ -30,20 +30,6 @@ const CARD: &str = "4111111111111111";
 const EMAIL: &str = "alice@example.com";
 const PHONE: &str = "+44 7700 900123";
 
-fn avro_string(out: &mut Vec<u8>, s: &str) {
-    avro_long(out, s.len() as i64);
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn avro_long(out: &mut Vec<u8>, v: i64) {
-    let mut n = ((v << 1) ^ (v >> 63)) as u64;
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
-
 fn customer(id: &str, card: &str, email: &str, phone: &str) -> Vec<u8> {
     let mut out = Vec::new();
     avro_string(&mut out, id);
@@ -59,17 +45,6 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
         .any(|w| w == needle.as_bytes())
-}
-
-fn run_id() -> String {
-    format!(
-        "{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default()
-            & 0xffff_ffff_ffff
-    )
 }
 
 fn keyring(dir: &Path) -> anyhow::Result<std::path::PathBuf> {
