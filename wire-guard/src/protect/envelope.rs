@@ -64,7 +64,11 @@ pub fn record_key_context(topic: &str) -> EncryptionContext {
 /// Encrypts a record key deterministically (AES-256-GCM-SIV, fixed nonce): the same key
 /// always gives the same bytes, so partitioning and compaction still work, and nothing but
 /// equality is revealed. `0x01` followed by the ciphertext and tag.
-pub fn seal_record_key(key: &[u8; DATA_KEY_LEN], topic: &str, plaintext: &[u8]) -> Vec<u8> {
+pub fn seal_record_key(
+    key: &[u8; DATA_KEY_LEN],
+    topic: &str,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, SealError> {
     use aes_gcm_siv::{Aes256GcmSiv, KeyInit, aead::Aead};
     let cipher = Aes256GcmSiv::new(key.into());
     let nonce = aes_gcm_siv::Nonce::default();
@@ -76,11 +80,11 @@ pub fn seal_record_key(key: &[u8; DATA_KEY_LEN], topic: &str, plaintext: &[u8]) 
                 aad: &record_key_aad(topic),
             },
         )
-        .expect("AES-GCM-SIV encrypts any length a record can hold");
+        .map_err(|_| SealError)?;
     let mut out = Vec::with_capacity(1 + sealed.len());
     out.push(VERSION_1);
     out.extend_from_slice(&sealed);
-    out
+    Ok(out)
 }
 
 /// The record key [`seal_record_key`] sealed; `None` when it does not authenticate.
@@ -148,7 +152,7 @@ pub fn seal(
     field: &str,
     kind: FieldKind,
     plaintext: &[u8],
-) -> Vec<u8> {
+) -> Result<Vec<u8>, SealError> {
     let cipher = Aes256Gcm::new(key.into());
     let mut head = [0u8; HEAD_LEN];
     head[..KEY_ID_LEN].copy_from_slice(id);
@@ -162,11 +166,11 @@ pub fn seal(
                 aad: &aad(topic, field),
             },
         )
-        .expect("AES-GCM encrypts any length a record can hold");
+        .map_err(|_| SealError)?;
     let mut binary = Vec::with_capacity(HEAD_LEN + sealed.len());
     binary.extend_from_slice(&head);
     binary.extend_from_slice(&sealed);
-    match kind {
+    Ok(match kind {
         FieldKind::Bytes => {
             let mut out = Vec::with_capacity(1 + binary.len());
             out.push(VERSION_1);
@@ -178,8 +182,14 @@ pub fn seal(
             out.extend_from_slice(URL_SAFE_NO_PAD.encode(&binary).as_bytes());
             out
         }
-    }
+    })
 }
+
+/// AES refused to encrypt: only a value longer than the cipher allows (GCM: 64 GiB), which no
+/// record within the frame limit reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the value is too long to encrypt")]
+pub struct SealError;
 
 /// An encrypted field as read back.
 #[derive(Debug, PartialEq, Eq)]
@@ -319,7 +329,11 @@ pub fn reversible_token_context() -> EncryptionContext {
 /// A reversible token: AES-256-GCM-SIV with a fixed nonce, so equal values give equal tokens.
 /// A string field holds `tkr1.` and the ciphertext and tag in unpadded base64url; a bytes field
 /// `0x02` and the ciphertext and tag.
-pub fn seal_token(key: &[u8; DATA_KEY_LEN], kind: FieldKind, plaintext: &[u8]) -> Vec<u8> {
+pub fn seal_token(
+    key: &[u8; DATA_KEY_LEN],
+    kind: FieldKind,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, SealError> {
     use aes_gcm_siv::{Aes256GcmSiv, KeyInit, aead::Aead};
     let sealed = Aes256GcmSiv::new(key.into())
         .encrypt(
@@ -329,8 +343,8 @@ pub fn seal_token(key: &[u8; DATA_KEY_LEN], kind: FieldKind, plaintext: &[u8]) -
                 aad: TOKEN_LABEL,
             },
         )
-        .expect("AES-GCM-SIV encrypts any length a record can hold");
-    match kind {
+        .map_err(|_| SealError)?;
+    Ok(match kind {
         FieldKind::Bytes => {
             let mut out = vec![TOKEN_REVERSIBLE];
             out.extend_from_slice(&sealed);
@@ -341,7 +355,7 @@ pub fn seal_token(key: &[u8; DATA_KEY_LEN], kind: FieldKind, plaintext: &[u8]) -
             out.extend_from_slice(URL_SAFE_NO_PAD.encode(&sealed).as_bytes());
             out
         }
-    }
+    })
 }
 
 /// The value a reversible token stands for; `None` when it is not one this key made.
@@ -413,7 +427,8 @@ mod tests {
             "$.card",
             FieldKind::String,
             b"4111111111111111",
-        );
+        )
+        .unwrap();
         assert!(sealed.len() <= 64, "{} characters", sealed.len());
         let text = std::str::from_utf8(&sealed).unwrap();
         assert!(text.starts_with("wg1."), "{text}");
@@ -426,7 +441,7 @@ mod tests {
     #[test]
     fn ciphertext_is_bound_to_key_topic_field_and_content() {
         let id = key_id(b"wrapped");
-        let sealed = seal(&KEY, &id, 0, "t", "$.a", FieldKind::Bytes, b"secret");
+        let sealed = seal(&KEY, &id, 0, "t", "$.a", FieldKind::Bytes, b"secret").unwrap();
         let opened = open_envelope(FieldKind::Bytes, &sealed).unwrap();
         assert!(unseal(&KEY, &opened, "t", "$.a").is_some());
         assert!(
@@ -447,8 +462,8 @@ mod tests {
     #[test]
     fn uses_of_one_key_never_share_a_nonce() {
         let id = key_id(b"wrapped");
-        let a = seal(&KEY, &id, 1, "t", "$.a", FieldKind::Bytes, b"same");
-        let b = seal(&KEY, &id, 2, "t", "$.a", FieldKind::Bytes, b"same");
+        let a = seal(&KEY, &id, 1, "t", "$.a", FieldKind::Bytes, b"same").unwrap();
+        let b = seal(&KEY, &id, 2, "t", "$.a", FieldKind::Bytes, b"same").unwrap();
         assert_ne!(a, b);
     }
 
@@ -491,14 +506,14 @@ mod tests {
 
     #[test]
     fn record_keys_encrypt_deterministically_per_topic() {
-        let a = seal_record_key(&KEY, "t", b"customer-42");
+        let a = seal_record_key(&KEY, "t", b"customer-42").unwrap();
         assert_eq!(
             a,
-            seal_record_key(&KEY, "t", b"customer-42"),
+            seal_record_key(&KEY, "t", b"customer-42").unwrap(),
             "same key, same bytes"
         );
-        assert_ne!(a, seal_record_key(&KEY, "t", b"customer-43"));
-        assert_ne!(a, seal_record_key(&KEY, "u", b"customer-42"));
+        assert_ne!(a, seal_record_key(&KEY, "t", b"customer-43").unwrap());
+        assert_ne!(a, seal_record_key(&KEY, "u", b"customer-42").unwrap());
         assert_eq!(
             open_record_key(&KEY, "t", &a).as_deref(),
             Some(&b"customer-42"[..])
@@ -519,9 +534,9 @@ mod tests {
     #[test]
     fn reversible_tokens_are_deterministic_and_open_only_with_their_key() {
         for kind in [FieldKind::String, FieldKind::Bytes] {
-            let a = seal_token(&KEY, kind, b"alice@example.com");
-            assert_eq!(a, seal_token(&KEY, kind, b"alice@example.com"));
-            assert_ne!(a, seal_token(&KEY, kind, b"bob@example.com"));
+            let a = seal_token(&KEY, kind, b"alice@example.com").unwrap();
+            assert_eq!(a, seal_token(&KEY, kind, b"alice@example.com").unwrap());
+            assert_ne!(a, seal_token(&KEY, kind, b"bob@example.com").unwrap());
             assert!(is_token(kind, &a), "{kind:?}");
             assert_eq!(
                 open_token(&KEY, kind, &a).as_deref(),

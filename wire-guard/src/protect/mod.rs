@@ -754,21 +754,21 @@ fn protect_batches(
                             let n = next_use[i];
                             next_use[i] = n.wrapping_add(1);
                             used[i] = true;
-                            envelope::seal(key, id, n, topic, &texts[i], kind, current)
+                            envelope::seal(key, id, n, topic, &texts[i], kind, current)?
                         }
                         ProduceKey::Token(mac) => envelope::token(mac, kind, current),
                         ProduceKey::ReversibleToken(key) => {
-                            envelope::seal_token(key, kind, current)
+                            envelope::seal_token(key, kind, current)?
                         }
                         ProduceKey::Mask(keep_last) => envelope::mask(kind, current, *keep_last),
                     };
                     counts[i] += 1;
-                    Ok::<_, std::convert::Infallible>(Some(new))
+                    Ok::<_, envelope::SealError>(Some(new))
                 });
                 let edited = match edited {
                     Ok(edited) => edited,
                     Err(EditError::Shape(why)) => return Err(refuse(why)),
-                    Err(EditError::Edit(never)) => match never {},
+                    Err(EditError::Edit(e)) => return Err(refuse(e.to_string())),
                 };
                 if let Some(edited) = edited {
                     let mut whole = value[..value.len() - payload.len()].to_vec();
@@ -790,19 +790,25 @@ fn protect_batches(
             {
                 let n = value_use;
                 value_use = n.wrapping_add(1);
-                new_value = Some(envelope::seal(
-                    key,
-                    id,
-                    n,
-                    topic,
-                    envelope::WHOLE_VALUE,
-                    FieldKind::Bytes,
-                    value,
-                ));
+                new_value = Some(
+                    envelope::seal(
+                        key,
+                        id,
+                        n,
+                        topic,
+                        envelope::WHOLE_VALUE,
+                        FieldKind::Bytes,
+                        value,
+                    )
+                    .map_err(|e| refuse(e.to_string()))?,
+                );
                 headers.push((KEY_HEADER.as_bytes().to_vec(), header.clone()));
             }
             let new_key = match (&whole.record_key, batch.key(record)) {
-                (Some(cipher), Some(k)) => Some(envelope::seal_record_key(cipher, topic, k)),
+                (Some(cipher), Some(k)) => Some(
+                    envelope::seal_record_key(cipher, topic, k)
+                        .map_err(|e| refuse(e.to_string()))?,
+                ),
                 _ => None,
             };
             if let Some(signing) = signing {

@@ -164,30 +164,28 @@ impl ProtobufSchema {
         let mut changed = false;
         for (index, path) in paths.iter().enumerate() {
             field_kind(&descriptor, path).map_err(EditError::Shape)?;
-            let (last, parents) = path.segments.split_last().expect("paths are not empty");
+            let shape = || EditError::Shape(format!("{path}: not a field of the message"));
+            let (last, parents) = path.segments.split_last().ok_or_else(shape)?;
             let mut at = &mut message;
             let mut present = true;
             for segment in parents {
                 let field = at
                     .descriptor()
                     .get_field_by_name(segment)
-                    .expect("checked by field_kind");
+                    .ok_or_else(shape)?;
                 if !at.has_field(&field) {
                     present = false;
                     break;
                 }
                 match at.get_field_mut(&field) {
                     Value::Message(inner) => at = inner,
-                    _ => unreachable!("checked by field_kind"),
+                    _ => return Err(shape()),
                 }
             }
             if !present {
                 continue;
             }
-            let field = at
-                .descriptor()
-                .get_field_by_name(last)
-                .expect("checked by field_kind");
+            let field = at.descriptor().get_field_by_name(last).ok_or_else(shape)?;
             if field.supports_presence() && !at.has_field(&field) {
                 continue;
             }
