@@ -119,11 +119,16 @@ topics:
 # --- values ----------------------------------------------------------------
 
 
-def avro_bodies(record_bytes: int, count: int, seed: int) -> List[bytes]:
-    """Avro binary of `count` records, each exactly record_bytes - 5 long (framing excluded):
-    a 12-character id, a positive amount and a payload of random letters filling the rest."""
+def avro_bodies(record_bytes: int, count: int, seed: int, schema: dict = AVRO_SCHEMA,
+                record=None) -> List[bytes]:
+    """Avro binary of `count` records, each exactly record_bytes - 5 long (framing excluded).
+    `record(i, rng)` gives record i with an empty `payload` string, which random letters then
+    fill to the length; by default a 12-character id and a positive amount."""
     rng = random.Random(seed)
-    parsed = fastavro.parse_schema(AVRO_SCHEMA)
+    parsed = fastavro.parse_schema(schema)
+    if record is None:
+        def record(i, rng):
+            return {"id": "r-%010d" % i, "amount": rng.randint(1, 1_000_000), "payload": ""}
     want = record_bytes - 5
     letters = string.ascii_letters + string.digits
     out = []
@@ -134,7 +139,7 @@ def avro_bodies(record_bytes: int, count: int, seed: int) -> List[bytes]:
         return buf.getvalue()
 
     for i in range(count):
-        rec = {"id": "r-%010d" % i, "amount": rng.randint(1, 1_000_000), "payload": ""}
+        rec = record(i, rng)
         n = want - len(enc(rec)) - 1  # the payload's length prefix grows with it
         for _ in range(4):
             rec["payload"] = "".join(rng.choice(letters) for _ in range(max(0, n)))

@@ -11,13 +11,14 @@ import argparse
 import io
 import json
 import struct
-import time
 import uuid
 
 import fastavro
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+
+from demo_quality import read
 
 CUSTOMER = {
     "type": "record",
@@ -37,18 +38,6 @@ PARSED = fastavro.parse_schema(CUSTOMER)
 def login(user: str) -> dict:
     return {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN",
             "sasl.username": user, "sasl.password": f"{user}-secret"}
-
-
-def read(conf: dict, topic: str) -> list:
-    consumer = Consumer({**conf, "group.id": f"demo-{uuid.uuid4().hex[:6]}", "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, 0, 0)])
-    got, deadline = [], time.time() + 20
-    while not got and time.time() < deadline:
-        m = consumer.poll(0.5)
-        if m is not None and m.error() is None:
-            got.append(m)
-    consumer.close()
-    return got
 
 
 def show(label: str, message) -> None:
@@ -108,10 +97,10 @@ def main() -> int:
     for user, why in [("fraud", "in reveal_to of card and phone"),
                       ("support", "in reveal_to of phone only"),
                       ("analyst", "in no reveal_to")]:
-        got = read({**proxy, **login(user)}, topic)
+        got = read({**proxy, **login(user)}, topic, 1)
         show(f"read through wire-guard as {user}:", got[0] if got else None)
         print(f"   {'':<34} ({why})")
-    got = read({"bootstrap.servers": args.broker}, topic)
+    got = read({"bootstrap.servers": args.broker}, topic, 1)
     show("read straight from the broker:", got[0] if got else None)
     if got:
         keys = [k for k, _ in (got[0].headers() or []) if k == "wire-guard.key"]

@@ -63,14 +63,6 @@ impl SigningKey {
         }
     }
 
-    /// The Ed25519 public key, for verifiers outside wire-guard; `None` for HMAC.
-    pub fn public_key(&self) -> Option<Vec<u8>> {
-        match &self.inner {
-            Inner::Ed25519(pair) => Some(pair.public_key().as_ref().to_vec()),
-            Inner::Hmac(_) => None,
-        }
-    }
-
     /// The `wire-guard.sig` header value for `message`.
     pub fn sign(&self, message: &[u8]) -> Vec<u8> {
         let signature = match &self.inner {
@@ -173,7 +165,6 @@ mod tests {
             assert!(!k.verify(&m, &header[..header.len() - 1]));
             assert!(!k.verify(&m, b""));
         }
-        assert!(key(SignAlgorithm::Ed25519, 1).public_key().is_some());
     }
 
     #[test]
