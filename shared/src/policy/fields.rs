@@ -17,6 +17,12 @@
 //! - `mask`: with a `key`, the field is stored encrypted and principals outside `reveal_to`
 //!   read it masked (all of it, or all but the last `keep_last` characters); without a key
 //!   the mask is applied before the broker, and nobody reads the original back.
+//!
+//! An entry names its field by `path:`, or every field its schema tags with one of `tags:`
+//! (`{ tags: [PII], action: encrypt, key: … }`): the tags a schema carries inline (Avro and
+//! JSON Schema `confluent:tags`, Protobuf `(confluent.field_meta).tags`) or in its registry
+//! `metadata.tags`. Which fields those are is known only per schema; wire-guard resolves a
+//! [`TaggedFields`] entry into [`FieldRule`]s for each schema it meets.
 
 use std::fmt;
 
@@ -49,6 +55,39 @@ impl FieldRule {
             FieldAction::Encrypt => true,
             FieldAction::Mask { .. } => self.key.is_some(),
             FieldAction::Tokenize { .. } => false,
+        }
+    }
+}
+
+/// One entry of `fields:` that selects fields by schema tag rather than by path: every
+/// field of a record's schema carrying one of `tags` gets the action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaggedFields {
+    /// Tag names as the schema writes them (`PII`); a field with any of them is selected.
+    pub tags: Vec<String>,
+    pub action: FieldAction,
+    pub key: Option<KeyRef>,
+    pub reveal_to: Vec<PrincipalPattern>,
+}
+
+impl TaggedFields {
+    /// Whether `principal` reads the fields this entry selects in the clear.
+    pub fn reveals_to(&self, principal: Option<&Principal>) -> bool {
+        principal.is_some_and(|p| self.reveal_to.iter().any(|m| m.matches(p)))
+    }
+
+    /// Whether a field tagged with `tags` is selected.
+    pub fn selects<'a>(&self, mut tags: impl Iterator<Item = &'a str>) -> bool {
+        tags.any(|t| self.tags.iter().any(|mine| mine == t))
+    }
+
+    /// The rule for one field this entry selects.
+    pub fn at(&self, path: FieldPath) -> FieldRule {
+        FieldRule {
+            path,
+            action: self.action,
+            key: self.key.clone(),
+            reveal_to: self.reveal_to.clone(),
         }
     }
 }

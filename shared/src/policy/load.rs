@@ -25,7 +25,8 @@ use serde_saphyr::Spanned;
 use super::{
     PolicyError, PolicySet,
     fields::{
-        FieldAction, FieldPath, FieldRule, OnSignatureFailure, SignAlgorithm, SignRule, WholeRule,
+        FieldAction, FieldPath, FieldRule, OnSignatureFailure, SignAlgorithm, SignRule,
+        TaggedFields, WholeRule,
     },
     registry::{Operation, RegistryPolicy, RegistryRule, SubjectPattern},
     topics::{
@@ -119,6 +120,8 @@ type SpannedDocs<T> = Spanned<Vec<Spanned<T>>>;
 struct FieldRuleDoc {
     #[serde(default)]
     path: Option<Spanned<String>>,
+    #[serde(default)]
+    tags: Option<SpannedList>,
     #[serde(default)]
     action: Option<Spanned<String>>,
     #[serde(default)]
@@ -525,7 +528,7 @@ fn topic_rule(
         .and_then(|r| record_rule(check, r, &topics));
 
     let fields = match &doc.fields {
-        None => Vec::new(),
+        None => (Vec::new(), Vec::new()),
         Some(list) => {
             if doc.value.is_none() && !list.value.is_empty() {
                 check.push(
@@ -534,24 +537,29 @@ fn topic_rule(
                     "add value: { schema: required }: fields are found through the value's registered schema",
                 );
             }
-            let mut out: Vec<FieldRule> = Vec::new();
+            let mut by_path: Vec<FieldRule> = Vec::new();
+            let mut by_tag: Vec<TaggedFields> = Vec::new();
             for f in &list.value {
-                let Some(rule) = field_rule(check, f) else {
-                    continue;
-                };
-                if out.iter().any(|o| o.path == rule.path) {
-                    check.push(
-                        f.value.path.as_ref().and_then(at),
-                        format!("field {} is listed twice", rule.path),
-                        "keep one entry per field: a field gets exactly one action",
-                    );
-                } else {
-                    out.push(rule);
+                match field_rule(check, f) {
+                    None => {}
+                    Some(Selected::Path(rule)) => {
+                        if by_path.iter().any(|o| o.path == rule.path) {
+                            check.push(
+                                f.value.path.as_ref().and_then(at),
+                                format!("field {} is listed twice", rule.path),
+                                "keep one entry per field: a field gets exactly one action",
+                            );
+                        } else {
+                            by_path.push(rule);
+                        }
+                    }
+                    Some(Selected::Tags(rule)) => by_tag.push(rule),
                 }
             }
-            out
+            (by_path, by_tag)
         }
     };
+    let (fields, tagged) = fields;
 
     let sign = doc.sign.as_ref().and_then(|s| sign_rule(check, s));
     let encrypt_key = doc
@@ -585,6 +593,7 @@ fn topic_rule(
             key,
             value,
             fields,
+            tagged,
             sign,
             encrypt_key,
             encrypt_value,
@@ -717,20 +726,59 @@ fn sign_rule(check: &mut Checker<'_>, doc: &Spanned<SignDoc>) -> Option<SignRule
     })
 }
 
+/// A valid `fields:` entry: one field by path, or the fields a schema tags.
+enum Selected {
+    Path(FieldRule),
+    Tags(TaggedFields),
+}
+
+/// The longest tag name accepted.
+const MAX_TAG_LEN: usize = 128;
+
 /// Validates one entry of `fields:`; `None` when it has problems (they are in `check`).
-fn field_rule(check: &mut Checker<'_>, doc: &Spanned<FieldRuleDoc>) -> Option<FieldRule> {
+fn field_rule(check: &mut Checker<'_>, doc: &Spanned<FieldRuleDoc>) -> Option<Selected> {
     let before = check.errors.len();
     let f = &doc.value;
-    let path = match &f.path {
-        None => {
+    let path = match (&f.path, &f.tags) {
+        (None, None) => {
             check.push(
                 at(doc),
-                "field entry has no `path`".into(),
-                "add path: \"$.FIELD\" naming the field from the top of the value",
+                "field entry has no `path` and no `tags`".into(),
+                "add path: \"$.FIELD\" naming the field from the top of the value, or tags: [TAG] selecting the fields the schema tags",
             );
             None
         }
-        Some(p) => match FieldPath::parse(&p.value) {
+        (Some(p), Some(_)) => {
+            check.push(
+                at(p),
+                "field entry has both `path` and `tags`".into(),
+                "keep one: path: names one field, tags: selects every field the schema tags",
+            );
+            None
+        }
+        (None, Some(tags)) => {
+            if tags.value.is_empty() {
+                check.push(
+                    at(tags),
+                    "`tags` is empty".into(),
+                    "list the schema tags whose fields this entry protects, e.g. tags: [PII]",
+                );
+            }
+            for t in &tags.value {
+                if t.value.is_empty()
+                    || t.value.len() > MAX_TAG_LEN
+                    || t.value.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    check.push(
+                        at(t),
+                        format!("{:?} is not a tag name", t.value),
+                        &format!("tag names are 1 to {MAX_TAG_LEN} characters without spaces, as the schema writes them (PII)"),
+                    );
+                }
+            }
+            None
+        }
+        (Some(p), None) => match FieldPath::parse(&p.value) {
             Ok(path) => Some(path),
             Err((message, hint)) => {
                 check.push(at(p), message, &hint);
@@ -738,7 +786,18 @@ fn field_rule(check: &mut Checker<'_>, doc: &Spanned<FieldRuleDoc>) -> Option<Fi
             }
         },
     };
-    let shown = f.path.as_ref().map_or("", |p| p.value.as_str()).to_owned();
+    let shown = match (&f.path, &f.tags) {
+        (Some(p), _) => p.value.clone(),
+        (None, Some(tags)) => format!(
+            "tagged {}",
+            tags.value
+                .iter()
+                .map(|t| t.value.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        (None, None) => String::new(),
+    };
     const ACTIONS: [&str; 3] = ["encrypt", "tokenize", "mask"];
     let action = match &f.action {
         None => {
@@ -825,11 +884,28 @@ fn field_rule(check: &mut Checker<'_>, doc: &Spanned<FieldRuleDoc>) -> Option<Fi
         ),
         _ => {}
     }
-    (check.errors.len() == before).then_some(FieldRule {
-        path: path?,
-        action: action?,
-        key,
-        reveal_to,
+    if check.errors.len() != before {
+        return None;
+    }
+    let action = action?;
+    Some(match (path, &f.tags) {
+        (Some(path), _) => Selected::Path(FieldRule {
+            path,
+            action,
+            key,
+            reveal_to,
+        }),
+        (None, tags) => Selected::Tags(TaggedFields {
+            tags: tags
+                .as_ref()?
+                .value
+                .iter()
+                .map(|t| t.value.clone())
+                .collect(),
+            action,
+            key,
+            reveal_to,
+        }),
     })
 }
 
@@ -1002,12 +1078,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-/// Keys other documents use for features this version does not implement, with what to say.
-const NOT_AVAILABLE: &[(&str, &str)] = &[(
-    "tags",
-    "selecting fields by schema tag is not available in this version; name each field by `path:`",
-)];
-
 fn yaml_error(file: &Path, e: &serde_saphyr::Error) -> PolicyError {
     let location = e.location().map(|l| (l.line(), l.column()));
     let plain = e.without_snippet().to_string();
@@ -1017,18 +1087,10 @@ fn yaml_error(file: &Path, e: &serde_saphyr::Error) -> PolicyError {
         .map_or(plain.as_str(), |(m, _)| m)
         .trim()
         .to_owned();
-    let hint = match message
-        .strip_prefix("unknown field `")
-        .and_then(|rest| rest.split_once('`'))
-    {
-        Some((field, _)) => NOT_AVAILABLE
-            .iter()
-            .find(|(name, _)| *name == field)
-            .map_or(
-                "keys this version does not know are refused rather than ignored, so that a misspelt key cannot silently disable a rule; see docs/policies.md",
-                |(_, hint)| hint,
-            ),
-        None => "",
+    let hint = if message.starts_with("unknown field `") {
+        "keys this version does not know are refused rather than ignored, so that a misspelt key cannot silently disable a rule; see docs/policies.md"
+    } else {
+        ""
     };
     err(file, location, message, hint)
 }
@@ -1121,7 +1183,7 @@ mod tests {
         write(
             dir.path(),
             "payments.yaml",
-            "topics:\n  - id: p\n    match: [\"payments.*\"]\n    value: { schema: required }\n    fields:\n      - { tags: [PII], action: encrypt, key: \"local:k\" }\n",
+            "topics:\n  - id: p\n    match: [\"payments.*\"]\n    value: { schema: required }\n    fields:\n      - { tag: [PII], action: encrypt, key: \"local:k\" }\n",
         );
         write(
             dir.path(),
@@ -1135,12 +1197,12 @@ mod tests {
         );
         let errors = errors_of(dir.path());
         assert_eq!(errors.len(), 3, "{errors:#?}");
-        let tags = errors.iter().find(|e| e.contains("payments.yaml")).unwrap();
+        let tag = errors.iter().find(|e| e.contains("payments.yaml")).unwrap();
         assert!(
-            tags.contains("payments.yaml:6:")
-                && tags.contains("unknown field `tags`")
-                && tags.contains("selecting fields by schema tag is not available in this version"),
-            "{tags}"
+            tag.contains("payments.yaml:6:")
+                && tag.contains("unknown field `tag`")
+                && tag.contains("refused rather than ignored"),
+            "{tag}"
         );
         assert!(
             errors
@@ -1240,6 +1302,74 @@ mod tests {
         assert_eq!(rule.fields[1].action, FieldAction::Mask { keep_last: 4 });
         assert!(rule.fields[0].stored_encrypted());
         assert!(set.topics.protection_for("orders").is_none());
+    }
+
+    #[test]
+    fn fields_are_selected_by_path_or_by_schema_tag() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "tags.yaml",
+            r#"topics:
+  - id: bad
+    match: [orders]
+    value: { schema: required }
+    fields:
+      - { path: "$.a", tags: [PII], action: encrypt, key: "local:k" }
+      - { tags: [], action: encrypt, key: "local:k" }
+      - { tags: ["has space"], action: encrypt, key: "local:k" }
+      - { tags: [PII], action: tokenize, key: "local:k", reveal_to: ["user:x"] }
+      - { action: mask }
+"#,
+        );
+        let errors = errors_of(dir.path());
+        let expect = [
+            ":6:",
+            "both `path` and `tags`",
+            ":7:",
+            "`tags` is empty",
+            ":8:",
+            "\"has space\" is not a tag name",
+            ":9:",
+            "field tagged PII: a token cannot be revealed",
+            ":10:",
+            "no `path` and no `tags`",
+        ];
+        for pair in expect.chunks(2) {
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.contains(pair[0]) && e.contains(pair[1])),
+                "no error at {} saying {:?}: {errors:#?}",
+                pair[0],
+                pair[1]
+            );
+        }
+        assert_eq!(errors.len(), expect.len() / 2, "{errors:#?}");
+
+        let one = tempfile::tempdir().unwrap();
+        write(
+            one.path(),
+            "tags.yaml",
+            r#"topics:
+  - id: pii
+    match: [customers]
+    value: { schema: required }
+    fields:
+      - { path: "$.id", action: tokenize, key: "local:t" }
+      - { tags: [PII, SECRET], action: encrypt, key: "local:k", reveal_to: ["user:alice"] }
+"#,
+        );
+        let set = load_dir(one.path()).expect("tag entries load");
+        let rule = set.topics.protection_for("customers").expect("protected");
+        assert_eq!(rule.fields.len(), 1);
+        assert_eq!(rule.tagged.len(), 1);
+        let tagged = &rule.tagged[0];
+        assert!(tagged.selects(["GDPR", "SECRET"].into_iter()));
+        assert!(!tagged.selects(["pii"].into_iter()));
+        let at = tagged.at(FieldPath::parse("$.ssn").unwrap());
+        assert_eq!(at.action, FieldAction::Encrypt);
+        assert_eq!(at.reveal_to.len(), 1);
     }
 
     #[test]

@@ -23,7 +23,8 @@ pub mod topics;
 use std::{fmt, path::PathBuf};
 
 pub use fields::{
-    FieldAction, FieldPath, FieldRule, OnSignatureFailure, SignAlgorithm, SignRule, WholeRule,
+    FieldAction, FieldPath, FieldRule, OnSignatureFailure, SignAlgorithm, SignRule, TaggedFields,
+    WholeRule,
 };
 pub use load::{load_dir, parse_file};
 pub use registry::{Decision, Operation, RegistryPolicy, RegistryRule, SubjectPattern};

@@ -14,7 +14,7 @@
 use std::fmt;
 
 use super::{
-    fields::{FieldRule, SignRule, WholeRule},
+    fields::{FieldRule, SignRule, TaggedFields, WholeRule},
     registry::SubjectPattern,
 };
 use crate::principal::{Principal, PrincipalPattern};
@@ -81,6 +81,10 @@ pub struct TopicRule {
     /// fetch (`fields:`). Validation guarantees a `value:` rule when this is not empty: a
     /// field is found through the value's registered schema.
     pub fields: Vec<FieldRule>,
+    /// Fields of the value selected by schema tag (`fields:` entries with `tags:`). A field
+    /// named by path in `fields` keeps that entry's action; among tag entries, the first
+    /// that selects a field decides.
+    pub tagged: Vec<TaggedFields>,
     /// Records produced to the topic are signed and fetched ones verified (`sign:`).
     pub sign: Option<SignRule>,
     /// The record key is encrypted deterministically (`encrypt_key:`).
@@ -90,9 +94,15 @@ pub struct TopicRule {
 }
 
 impl TopicRule {
+    /// Whether the rule protects fields of the value, by path or by schema tag.
+    pub fn selects_fields(&self) -> bool {
+        !self.fields.is_empty() || !self.tagged.is_empty()
+    }
+
     /// Whether the rule protects the topic's records: fields or signatures.
     pub fn protects(&self) -> bool {
         !self.fields.is_empty()
+            || !self.tagged.is_empty()
             || self.sign.is_some()
             || self.encrypt_key.is_some()
             || self.encrypt_value.is_some()
@@ -370,6 +380,7 @@ mod tests {
             }),
             key: None,
             fields: Vec::new(),
+            tagged: Vec::new(),
             sign: None,
             encrypt_key: None,
             encrypt_value: None,

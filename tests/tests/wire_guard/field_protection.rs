@@ -399,6 +399,16 @@ async fn a_policy_naming_a_missing_or_unprotectable_field_is_refused_at_startup(
     registry
         .register(&format!("{topic}-value"), json!({ "schema": CUSTOMER }))
         .await?;
+    // A field selected by tag is checked too: an int tagged PII cannot hold ciphertext.
+    let tagged = format!("fp-bad-tag-{run}");
+    registry
+        .register(
+            &format!("{tagged}-value"),
+            json!({ "schema": r#"{"type":"record","name":"Person","namespace":"example.pii","fields":[
+                {"name":"name","type":"string","confluent:tags":["PII"]},
+                {"name":"age","type":"int","confluent:tags":["PII"]}]}"# }),
+        )
+        .await?;
     let policy = format!(
         r#"topics:
   - id: bad-fields
@@ -408,6 +418,11 @@ async fn a_policy_naming_a_missing_or_unprotectable_field_is_refused_at_startup(
       - {{ path: "$.card.cvv", action: encrypt, key: "local:pii" }}
       - {{ path: "$.amount", action: encrypt, key: "local:pii" }}
       - {{ path: "$.id", action: encrypt, key: "aws-kms:alias/payments" }}
+  - id: bad-tags
+    match: ["{tagged}"]
+    value: {{ schema: required }}
+    fields:
+      - {{ tags: [PII], action: encrypt, key: "local:pii" }}
 "#
     );
     // The admin endpoint may be up before the policy is checked; the process then stops.
@@ -424,6 +439,9 @@ async fn a_policy_naming_a_missing_or_unprotectable_field_is_refused_at_startup(
         "field $.amount",
         "only string and bytes fields can be protected in place",
         "$.id names aws-kms:alias/payments, but the aws-kms backend is not configured",
+        "rule bad-tags: subject fp-bad-tag-",
+        "field example.pii.Person.age",
+        "tagged PII) cannot be protected in place: $.age is of type int",
     ] {
         assert!(err.contains(expected), "{expected:?} missing from: {err}");
     }
@@ -914,6 +932,167 @@ async fn a_batch_protection_grows_past_the_broker_limit_is_refused_as_too_large(
         ) >= 1.0,
         "{metrics}"
     );
+    proxy.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_selected_by_schema_tag_are_protected_in_every_format() -> anyhow::Result<()> {
+    let run = run_id();
+    let dir = tempfile::tempdir()?;
+    let keyring = keyring(dir.path())?;
+    let registry = Registry::start().await?;
+    const SSN: &str = "078-05-1120";
+    let topics: Vec<String> = ["avro", "json", "proto", "meta"]
+        .iter()
+        .map(|f| format!("fp-tag-{f}-{run}"))
+        .collect();
+    // Tags written on the fields: Avro and JSON Schema `confluent:tags`, Protobuf
+    // `(confluent.field_meta).tags`.
+    let avro = registry
+        .register(
+            &format!("{}-value", topics[0]),
+            json!({ "schema": r#"{"type":"record","name":"Tagged","namespace":"example.pii","fields":[
+                {"name":"id","type":"string"},
+                {"name":"ssn","type":"string","confluent:tags":["PII"]},
+                {"name":"card","type":{"type":"record","name":"TaggedCard","fields":[
+                    {"name":"number","type":"string","confluent:tags":["PCI"]}]}}]}"# }),
+        )
+        .await?;
+    let json_schema = registry
+        .register(
+            &format!("{}-value", topics[1]),
+            json!({"schemaType": "JSON", "schema": r#"{"type":"object","properties":{
+                "id":{"type":"string"},
+                "ssn":{"type":"string","confluent:tags":["PII"]},
+                "card":{"type":"object","properties":{"number":{"type":"string","confluent:tags":["PCI"]}}}}}"#}),
+        )
+        .await?;
+    let proto = registry
+        .register(
+            &format!("{}-value", topics[2]),
+            json!({"schemaType": "PROTOBUF", "schema": r#"syntax = "proto3";
+package example.pii;
+import "confluent/meta.proto";
+message Tagged {
+  string id = 1;
+  string ssn = 2 [(confluent.field_meta).tags = "PII"];
+  TaggedCard card = 3;
+}
+message TaggedCard { string number = 1 [(confluent.field_meta) = { tags: ["PCI"] }]; }
+"#}),
+        )
+        .await?;
+    // Tags in the registry's metadata, by field-name pattern, on a schema that has none.
+    let meta = registry
+        .register(
+            &format!("{}-value", topics[3]),
+            json!({
+                "schema": r#"{"type":"record","name":"Plain","namespace":"example.pii","fields":[
+                    {"name":"id","type":"string"},{"name":"ssn","type":"string"},
+                    {"name":"card","type":{"type":"record","name":"PlainCard","fields":[{"name":"number","type":"string"}]}}]}"#,
+                "metadata": {"tags": {"**.ssn": ["PII"], "example.pii.PlainCard.*": ["PCI"]}}
+            }),
+        )
+        .await?;
+    let direct = broker::shared().endpoint().bootstrap;
+    let pairs: Vec<(&str, i32)> = topics.iter().map(|t| (t.as_str(), 1)).collect();
+    create_topics(&direct, &pairs).await?;
+    let listed: Vec<String> = topics.iter().map(|t| format!("\"{t}\"")).collect();
+    let policy = format!(
+        r#"topics:
+  - id: tagged
+    match: [{}]
+    value: {{ schema: required }}
+    fields:
+      - {{ tags: [PII], action: encrypt, key: "local:pii", reveal_to: ["user:alice"] }}
+      - {{ tags: [PCI], action: tokenize, key: "local:tokens" }}
+"#,
+        listed.join(", ")
+    );
+    let proxy = guarded(&policy, &registry.url, &keyring, dir.path()).await?;
+    let clients = ["confluent", "java"];
+    for (n, client) in clients.iter().enumerate() {
+        let id = format!("c{n}");
+        let mut avro_body = Vec::new();
+        avro_string(&mut avro_body, &id);
+        avro_string(&mut avro_body, SSN);
+        avro_string(&mut avro_body, CARD);
+        let json_body = json!({"id": id, "ssn": SSN, "card": {"number": CARD}}).to_string();
+        let mut proto_body = vec![0u8, 0x0a, id.len() as u8];
+        proto_body.extend_from_slice(id.as_bytes());
+        proto_body.extend_from_slice(&[0x12, SSN.len() as u8]);
+        proto_body.extend_from_slice(SSN.as_bytes());
+        proto_body.extend_from_slice(&[0x1a, CARD.len() as u8 + 2, 0x0a, CARD.len() as u8]);
+        proto_body.extend_from_slice(CARD.as_bytes());
+        for (topic, value) in [
+            (&topics[0], framed(avro, &avro_body)),
+            (&topics[1], framed(json_schema, json_body.as_bytes())),
+            (&topics[2], framed(proto, &proto_body)),
+            (&topics[3], framed(meta, &avro_body)),
+        ] {
+            let file = payload_file(dir.path(), topic, "snappy", true, &[Out::value(0, value)])?;
+            let result = produce(client, &proxy.bootstrap(), &file, &args(&login("bob"))).await?;
+            assert_eq!(result["delivered"], 1, "{client} {topic}: {result}");
+        }
+    }
+    for topic in &topics {
+        let stored = read_topic(&direct, topic, clients.len()).await?;
+        let alice = read_topic_with(
+            &proxy.bootstrap(),
+            topic,
+            clients.len(),
+            &args(&login("alice")),
+        )
+        .await?;
+        let bob = read_topic_with(
+            &proxy.bootstrap(),
+            topic,
+            clients.len(),
+            &args(&login("bob")),
+        )
+        .await?;
+        for got in &stored {
+            let value = got.value.as_deref().unwrap_or_default();
+            assert!(
+                !contains(value, SSN) && !contains(value, CARD),
+                "{topic}: stored in the clear: {got:?}"
+            );
+            assert!(
+                contains(value, "wg1.") && contains(value, "tk1."),
+                "{topic}: {got:?}"
+            );
+        }
+        for got in &alice {
+            let value = got.value.as_deref().unwrap_or_default();
+            assert!(contains(value, SSN), "{topic}: not revealed: {got:?}");
+            assert!(
+                !contains(value, CARD) && contains(value, "tk1."),
+                "{topic}: {got:?}"
+            );
+        }
+        for got in &bob {
+            let value = got.value.as_deref().unwrap_or_default();
+            assert!(
+                !contains(value, SSN) && !contains(value, CARD),
+                "{topic}: shown to bob: {got:?}"
+            );
+        }
+    }
+    let metrics = proxy.metrics().await?;
+    for field in ["$.ssn", "$.card.number"] {
+        assert!(
+            metric(
+                &metrics,
+                &[
+                    "wire_guard_fields_total",
+                    &format!("field=\"{field}\""),
+                    "protected"
+                ]
+            ) >= 8.0,
+            "{field}: {metrics}"
+        );
+    }
     proxy.stop().await?;
     Ok(())
 }

@@ -18,6 +18,7 @@
 //! masked for everyone.
 
 pub mod envelope;
+mod select;
 pub mod sign;
 
 use std::{
@@ -35,6 +36,7 @@ use zeroize::Zeroizing;
 
 use self::{
     envelope::{KEY_HEADER, KeyHeader, KeyId},
+    select::Selection,
     sign::SigningKey,
 };
 use crate::{
@@ -174,15 +176,16 @@ impl Protection {
         .map_err(record_refusal)?;
         let count: usize = batches.iter().map(|b| b.records.len()).sum();
         let uses = u32::try_from(count).unwrap_or(u32::MAX);
-        let mut keys = Vec::with_capacity(rule.fields.len());
-        for field in &rule.fields {
+        let values = if rule.selects_fields() {
+            Self::value_schemas(schemas, &batches).await?
+        } else {
+            HashMap::new()
+        };
+        let selection = Selection::new(rule, &values);
+        let mut keys = Vec::with_capacity(selection.fields.len());
+        for field in &selection.fields {
             keys.push(self.produce_key(topic, field, uses).await?);
         }
-        let values = if rule.fields.is_empty() {
-            HashMap::new()
-        } else {
-            Self::value_schemas(schemas, &batches).await?
-        };
         let signer = match &rule.sign {
             Some(sign) => Some((self.signing_key(topic, sign).await?, sign.headers.clone())),
             None => None,
@@ -201,15 +204,14 @@ impl Protection {
             },
         };
         let topic_owned = topic.to_owned();
-        let fields = rule.fields.clone();
         let max_batch_bytes = self.max_batch_bytes;
-        let rewritten = tokio::task::spawn_blocking(move || {
+        let (selection, counts) = tokio::task::spawn_blocking(move || {
             let signing = signer
                 .as_ref()
                 .map(|(key, headers)| Signing { key, headers });
-            protect_batches(
+            let done = protect_batches(
                 &topic_owned,
-                &fields,
+                &selection,
                 &keys,
                 &whole,
                 &values,
@@ -217,12 +219,13 @@ impl Protection {
                 &raw,
                 signing.as_ref(),
                 max_batch_bytes,
-            )
+            );
+            (selection, done)
         })
         .await
         .map_err(|e| Refusal::new(ResponseError::UnknownServerError, e.to_string()))?;
-        let (bytes, counts) = rewritten?;
-        for (field, n) in rule.fields.iter().zip(counts) {
+        let (bytes, counts) = counts?;
+        for (field, n) in selection.fields.iter().zip(counts) {
             metrics.field_outcome(
                 topic,
                 &field.path.to_string(),
@@ -348,12 +351,15 @@ impl Protection {
         schemas: &Schemas,
         metrics: &Metrics,
     ) -> Result<Option<Bytes>, Refusal> {
-        let plan: Vec<FetchPlan> = rule
-            .fields
-            .iter()
-            .map(|f| FetchPlan::for_reader(f, reader))
-            .collect();
-        if plan.iter().all(|p| matches!(p, FetchPlan::Leave))
+        let leaves_fields =
+            rule.fields
+                .iter()
+                .map(|f| FetchPlan::for_field(f, reader))
+                .chain(rule.tagged.iter().map(|t| {
+                    FetchPlan::for_reader(t.action, t.key.is_some(), t.reveals_to(reader))
+                }))
+                .all(|p| matches!(p, FetchPlan::Leave));
+        if leaves_fields
             && rule.sign.is_none()
             && rule.encrypt_key.is_none()
             && rule.encrypt_value.is_none()
@@ -375,8 +381,19 @@ impl Protection {
                 return Ok(None);
             }
         };
+        let values = if rule.selects_fields() {
+            Self::value_schemas(schemas, &batches).await?
+        } else {
+            HashMap::new()
+        };
+        let selection = Selection::new(rule, &values);
+        let plan: Vec<FetchPlan> = selection
+            .fields
+            .iter()
+            .map(|f| FetchPlan::for_field(f, reader))
+            .collect();
         // Unwrap the data keys of the fields this reader needs decrypted.
-        let mut wanted: Vec<String> = rule
+        let mut wanted: Vec<String> = selection
             .fields
             .iter()
             .zip(&plan)
@@ -425,17 +442,12 @@ impl Protection {
                 }
             }
         }
-        let values = if rule.fields.is_empty() {
-            HashMap::new()
-        } else {
-            Self::value_schemas(schemas, &batches).await?
-        };
         let verifier = match &rule.sign {
             Some(sign) => Some((self.signing_key(topic, sign).await?, sign.clone())),
             None => None,
         };
         let mut token_keys = HashMap::new();
-        for (i, (field, plan)) in rule.fields.iter().zip(&plan).enumerate() {
+        for (i, (field, plan)) in selection.fields.iter().zip(&plan).enumerate() {
             if let (FetchPlan::RevealToken, Some(kms_key)) = (plan, &field.key) {
                 let derived = self
                     .kms()?
@@ -455,12 +467,11 @@ impl Protection {
             },
         };
         let topic_owned = topic.to_owned();
-        let fields = rule.fields.clone();
-        let done = tokio::task::spawn_blocking(move || {
+        let (selection, done) = tokio::task::spawn_blocking(move || {
             let verifying = verifier.as_ref().map(|(key, rule)| Verifying { key, rule });
-            reveal_batches(
+            let done = reveal_batches(
                 &topic_owned,
-                &fields,
+                &selection,
                 &plan,
                 &unwrapped,
                 &token_keys,
@@ -470,7 +481,8 @@ impl Protection {
                 &batches,
                 &raw,
                 end,
-            )
+            );
+            (selection, done)
         })
         .await
         .map_err(|e| Refusal::new(ResponseError::UnknownServerError, e.to_string()))?;
@@ -511,7 +523,7 @@ impl Protection {
                 metrics.field_outcome(topic, "", "sign", outcome, n);
                 continue;
             }
-            let rule = &rule.fields[field];
+            let rule = &selection.fields[field];
             if outcome == "plaintext_found" {
                 tracing::warn!(topic, field = %rule.path, records = n, "plaintext found where the policy stores ciphertext: written around the proxy");
             } else if outcome == "unreadable" {
@@ -576,7 +588,7 @@ pub async fn check_policy(
         let (Some(schemas), Some(value)) = (schemas, &rule.value) else {
             continue;
         };
-        if rule.fields.is_empty() || value.strategy != shared::policy::SubjectStrategy::Topic {
+        if !rule.selects_fields() || value.strategy != shared::policy::SubjectStrategy::Topic {
             continue;
         }
         for topic in &rule.topics {
@@ -593,6 +605,17 @@ pub async fn check_policy(
                                 rule.id, field.path, schema.id
                             ));
                         }
+                    }
+                    let only = HashMap::from([(schema.id, schema.clone())]);
+                    let selection = Selection::new(rule, &only);
+                    if let Some(why) = selection.refused.get(&schema.id) {
+                        problems.push(format!("rule {}: subject {subject}: {why}", rule.id));
+                    } else if !rule.tagged.is_empty() {
+                        let tagged: Vec<String> = selection.fields[rule.fields.len()..]
+                            .iter()
+                            .map(|f| format!("{} ({})", f.path, f.action.as_str()))
+                            .collect();
+                        tracing::info!(rule = %rule.id, subject, schema = schema.id, fields = %tagged.join(", "), "fields selected by schema tag");
                     }
                 }
                 Ok(None) => {
@@ -627,21 +650,32 @@ enum FetchPlan {
 }
 
 impl FetchPlan {
-    fn for_reader(field: &FieldRule, reader: Option<&Principal>) -> FetchPlan {
-        if let FieldAction::Tokenize { reversible } = field.action {
-            return if reversible && field.reveals_to(reader) {
+    fn for_field(field: &FieldRule, reader: Option<&Principal>) -> FetchPlan {
+        FetchPlan::for_reader(field.action, field.key.is_some(), field.reveals_to(reader))
+    }
+
+    /// The plan for a field with `action`, protected with a key or not, for a reader it is
+    /// revealed to or not.
+    fn for_reader(action: FieldAction, keyed: bool, revealed: bool) -> FetchPlan {
+        if let FieldAction::Tokenize { reversible } = action {
+            return if reversible && revealed {
                 FetchPlan::RevealToken
             } else {
                 FetchPlan::Token
             };
         }
-        if !field.stored_encrypted() {
+        let stored_encrypted = match action {
+            FieldAction::Encrypt => true,
+            FieldAction::Mask { .. } => keyed,
+            FieldAction::Tokenize { .. } => false,
+        };
+        if !stored_encrypted {
             return FetchPlan::Leave;
         }
-        if field.reveals_to(reader) {
+        if revealed {
             return FetchPlan::Reveal;
         }
-        match field.action {
+        match action {
             FieldAction::Mask { keep_last } => FetchPlan::Mask(keep_last),
             _ => FetchPlan::Withhold,
         }
@@ -690,7 +724,7 @@ fn signed_headers<'a>(
 #[allow(clippy::too_many_arguments)]
 fn protect_batches(
     topic: &str,
-    fields: &[FieldRule],
+    selection: &Selection,
     keys: &[ProduceKey],
     whole: &Whole,
     values: &HashMap<u32, Arc<CompiledSchema>>,
@@ -703,8 +737,8 @@ fn protect_batches(
         Some(ProduceKey::Seal { first_use, .. }) => *first_use,
         _ => 0,
     };
-    let paths: Vec<&shared::policy::FieldPath> = fields.iter().map(|f| &f.path).collect();
-    let texts: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+    let fields = &selection.fields;
+    let texts: Vec<String> = fields.iter().map(|f| f.path.to_string()).collect();
     let mut next_use: Vec<u32> = keys
         .iter()
         .map(|k| match k {
@@ -733,12 +767,18 @@ fn protect_batches(
             let mut new_value: Option<Vec<u8>> = None;
             let mut headers: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
             // A tombstone holds no field.
-            if let (Some(value), false) = (value, fields.is_empty()) {
+            if let (Some(value), true) = (value, selection.applies) {
                 let (id, payload) =
                     framing::split(value).map_err(|e| refuse(format!("value: {}", e.message)))?;
                 let schema = values
                     .get(&id)
                     .ok_or_else(|| refuse(format!("schema {id} unknown")))?;
+                if let Some(why) = selection.refused.get(&id) {
+                    return Err(refuse(why.clone()));
+                }
+                let mine = selection.for_schema(id);
+                let paths: Vec<&shared::policy::FieldPath> =
+                    mine.iter().map(|&i| &fields[i].path).collect();
                 // A field the schema lacks would pass unprotected: refuse the schema instead.
                 if checked.insert(id) {
                     for path in &paths {
@@ -748,7 +788,8 @@ fn protect_batches(
                     }
                 }
                 let mut used = vec![false; fields.len()];
-                let edited = schema.edit_fields(payload, &paths, |i, kind, current| {
+                let edited = schema.edit_fields(payload, &paths, |local, kind, current| {
+                    let i = mine[local];
                     let new = match &keys[i] {
                         ProduceKey::Seal { key, id, .. } => {
                             let n = next_use[i];
@@ -888,7 +929,7 @@ type Counts = HashMap<(usize, &'static str), u64>;
 #[allow(clippy::too_many_arguments)]
 fn reveal_batches(
     topic: &str,
-    fields: &[FieldRule],
+    selection: &Selection,
     plan: &[FetchPlan],
     unwrapped: &HashMap<KeyId, Zeroizing<[u8; DATA_KEY_LEN]>>,
     token_keys: &HashMap<usize, Zeroizing<[u8; DATA_KEY_LEN]>>,
@@ -899,8 +940,11 @@ fn reveal_batches(
     raw: &Bytes,
     end: usize,
 ) -> (Option<Bytes>, Counts, Option<String>) {
-    let paths: Vec<&shared::policy::FieldPath> = fields.iter().map(|f| &f.path).collect();
-    let texts: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+    let texts: Vec<String> = selection
+        .fields
+        .iter()
+        .map(|f| f.path.to_string())
+        .collect();
     let mut counts: Counts = HashMap::new();
     let mut out = Vec::with_capacity(end);
     let mut changed = false;
@@ -1004,12 +1048,16 @@ fn reveal_batches(
                     *counts.entry((RECORD_KEY, outcome)).or_default() += 1;
                 }
                 let revealed = value.and_then(|value| {
-                    if fields.is_empty() {
+                    if selection.fields.is_empty() {
                         return None;
                     }
                     let (id, payload) = framing::split(value).ok()?;
                     let schema = values.get(&id)?;
-                    let edited = schema.edit_fields(payload, &paths, |i, kind, current| {
+                    let mine = selection.for_schema(id);
+                    let paths: Vec<&shared::policy::FieldPath> =
+                        mine.iter().map(|&i| &selection.fields[i].path).collect();
+                    let edited = schema.edit_fields(payload, &paths, |local, kind, current| {
+                        let i = mine[local];
                         let (new, outcome) = reveal_field(
                             plan[i],
                             kind,

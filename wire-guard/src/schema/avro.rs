@@ -22,6 +22,7 @@ use super::{
     Invalid, Reason,
     datum::Datum,
     fields::{EditError, FieldKind},
+    tags::{MAX_PATH_SEGMENTS, SchemaField, Walk},
 };
 
 /// How deeply values may nest (each record, union, array and map is a level). Real schemas nest
@@ -223,6 +224,123 @@ impl AvroSchema {
 }
 
 /// A union of null and one other type stands for that type; any other union is ambiguous.
+/// Where a field met in a walk is: the path to it, or why no path reaches it.
+type At = Result<Vec<String>, String>;
+
+impl AvroSchema {
+    /// Every field reachable from the top of the schema, with its `confluent:tags`, for
+    /// selection by tag (see [`super::tags`]). A recursive type's fields are listed once.
+    pub(crate) fn walk_fields(&self) -> Walk {
+        let mut walk = Walk::default();
+        self.walk_schema(
+            &self.main,
+            None,
+            &Ok(Vec::new()),
+            &mut Vec::new(),
+            &mut walk,
+        );
+        walk
+    }
+
+    /// Lists the fields of `schema` reached at `at`; `false` once the walk is full.
+    fn walk_schema(
+        &self,
+        schema: &Schema,
+        ns: Option<&str>,
+        at: &At,
+        open: &mut Vec<String>,
+        walk: &mut Walk,
+    ) -> bool {
+        let schema = match schema {
+            Schema::Ref { name } => match self.names.get(name.fully_qualified_name(ns).as_ref()) {
+                Some(named) => named,
+                None => return true,
+            },
+            other => other,
+        };
+        match schema {
+            Schema::Record(record) => {
+                let full = record.name.fully_qualified_name(ns).into_owned();
+                let record_name = full.fullname(None);
+                // A type inside itself: its fields are listed where it was first met.
+                if open.contains(&record_name) || open.len() >= MAX_DEPTH {
+                    return true;
+                }
+                open.push(record_name.clone());
+                let inner_ns = full.namespace();
+                for field in &record.fields {
+                    let field_at: At = at.clone().and_then(|mut segments| {
+                        segments.push(field.name.clone());
+                        if segments.len() > MAX_PATH_SEGMENTS {
+                            Err(format!(
+                                "it is nested deeper than {MAX_PATH_SEGMENTS} levels"
+                            ))
+                        } else {
+                            Ok(segments)
+                        }
+                    });
+                    let place = field_at.clone().and_then(|segments| {
+                        let path = FieldPath { segments };
+                        self.check_path(&path).map(|kind| (path, kind))
+                    });
+                    let inline = field
+                        .custom_attributes
+                        .get(super::tags::INLINE_PROPERTY)
+                        .and_then(serde_json::Value::as_array)
+                        .map(|tags| {
+                            tags.iter()
+                                .filter_map(|t| t.as_str().map(str::to_owned))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let listed = walk.push(SchemaField {
+                        full_name: format!("{record_name}.{}", field.name),
+                        inline,
+                        place,
+                    });
+                    if !listed || !self.walk_schema(&field.schema, inner_ns, &field_at, open, walk)
+                    {
+                        open.pop();
+                        return false;
+                    }
+                }
+                open.pop();
+                true
+            }
+            Schema::Union(union) => {
+                let others: Vec<&Schema> = union
+                    .variants()
+                    .iter()
+                    .filter(|v| !matches!(v, Schema::Null))
+                    .collect();
+                let inner: At = if others.len() == 1 {
+                    at.clone()
+                } else {
+                    Err("it is inside a union of several types".into())
+                };
+                others
+                    .into_iter()
+                    .all(|v| self.walk_schema(v, ns, &inner, open, walk))
+            }
+            Schema::Array(array) => self.walk_schema(
+                &array.items,
+                ns,
+                &Err("it is inside an array".into()),
+                open,
+                walk,
+            ),
+            Schema::Map(map) => self.walk_schema(
+                &map.types,
+                ns,
+                &Err("it is inside a map".into()),
+                open,
+                walk,
+            ),
+            _ => true,
+        }
+    }
+}
+
 fn look_through_optional(schema: Schema, walked: &str) -> Result<Schema, String> {
     match schema {
         Schema::Union(union) => {

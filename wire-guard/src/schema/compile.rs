@@ -1,11 +1,15 @@
 //! A registry schema turned into something that validates payloads: the format's decoder plus
 //! the compiled data-contract rules. Compiled once per schema id and shared by every task.
 
-use std::fmt;
+use std::{collections::BTreeMap, fmt};
 
 use super::{
-    Format, Invalid, Validated, avro::AvroSchema, json::JsonSchema, protobuf::ProtobufSchema,
+    Format, Invalid, Validated,
+    avro::AvroSchema,
+    json::JsonSchema,
+    protobuf::ProtobufSchema,
     rules::Rules,
+    tags::{Tags, Walk},
 };
 
 /// A schema as the registry serves it, with its references already fetched.
@@ -19,6 +23,28 @@ pub struct SchemaSource {
     pub references: Vec<ReferencedSchema>,
     /// The registry's `ruleSet`, if any; only its `domainRules` are read.
     pub rule_set: Option<serde_json::Value>,
+    /// The registry's `metadata.tags`: field-name patterns and the tags they give.
+    pub metadata_tags: BTreeMap<String, Vec<String>>,
+}
+
+/// The `tags` of a registry `metadata` object; entries of another shape are left out.
+pub(crate) fn metadata_tags(metadata: &serde_json::Value) -> BTreeMap<String, Vec<String>> {
+    metadata
+        .get("tags")
+        .and_then(serde_json::Value::as_object)
+        .map(|tags| {
+            tags.iter()
+                .filter_map(|(pattern, list)| {
+                    let list: Vec<String> = list
+                        .as_array()?
+                        .iter()
+                        .filter_map(|t| t.as_str().map(str::to_owned))
+                        .collect();
+                    Some((pattern.clone(), list))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// One referenced schema.
@@ -50,6 +76,8 @@ pub struct CompiledSchema {
     /// JSON); Protobuf names the message each record's index selects.
     record_name: Option<String>,
     rules: Rules,
+    /// The fields the schema tags, inline or through `metadata.tags`.
+    tags: Tags,
 }
 
 impl fmt::Debug for CompiledSchema {
@@ -86,6 +114,12 @@ impl CompiledSchema {
             }
         };
         let rules = Rules::compile(source.rule_set.as_ref())?;
+        let walk: Walk = match &decoder {
+            Decoder::Avro(schema) => schema.walk_fields(),
+            Decoder::Json(schema) => schema.walk_fields(),
+            Decoder::Protobuf(schema) => schema.walk_fields(),
+        };
+        let tags = Tags::resolve(walk, &source.metadata_tags);
         Ok(CompiledSchema {
             id,
             format: source.format,
@@ -93,6 +127,7 @@ impl CompiledSchema {
             decoder,
             record_name,
             rules,
+            tags,
         })
     }
 
@@ -122,6 +157,11 @@ impl CompiledSchema {
             record_name,
             failed_rules,
         })
+    }
+
+    /// The fields the schema tags (inline or through its registry metadata).
+    pub fn tags(&self) -> &Tags {
+        &self.tags
     }
 
     /// Whether the schema carries data-contract rules that apply on write.
@@ -154,6 +194,7 @@ mod tests {
             text: text.into(),
             references: Vec::new(),
             rule_set,
+            metadata_tags: BTreeMap::new(),
         }
     }
 

@@ -11,6 +11,7 @@ use super::{
     Invalid, Reason,
     datum::Datum,
     fields::{EditError, FieldKind},
+    tags::{INLINE_PROPERTY, MAX_PATH_SEGMENTS, SchemaField, Walk},
 };
 
 /// How many violations one message lists; the first few locate the problem.
@@ -23,6 +24,8 @@ const DEFAULT_BASE: &str = "json-schema:///";
 
 pub(crate) struct JsonSchema {
     validator: jsonschema::Validator,
+    /// The schema document, for listing its fields and their tags.
+    document: Value,
     /// The schema's `title`, reported as the record name.
     title: Option<String>,
 }
@@ -55,7 +58,11 @@ impl JsonSchema {
             options = options.with_draft(jsonschema::Draft::Draft7);
         }
         let validator = options.build(&schema).map_err(|e| e.to_string())?;
-        Ok(JsonSchema { validator, title })
+        Ok(JsonSchema {
+            validator,
+            document: schema,
+            title,
+        })
     }
 
     pub(crate) fn record_name(&self) -> Option<String> {
@@ -129,7 +136,11 @@ pub(crate) fn edit_fields<E>(
                 }
             };
         }
-        let pointer: String = path.segments.iter().map(|s| format!("/{s}")).collect();
+        let pointer: String = path
+            .segments
+            .iter()
+            .map(|s| format!("/{}", s.replace('~', "~0").replace('/', "~1")))
+            .collect();
         let Some(at) = document.pointer_mut(&pointer) else {
             continue;
         };
@@ -159,6 +170,157 @@ pub(crate) fn edit_fields<E>(
     serde_json::to_vec(&document)
         .map(Some)
         .map_err(|e| EditError::Shape(format!("writing the document back: {e}")))
+}
+
+/// Where a property met in a walk is: the path to it, or why no path reaches it.
+type At = Result<Vec<String>, String>;
+
+/// How many `$ref`s in a row are followed, and how deeply properties nest, in a walk.
+const MAX_REF_HOPS: usize = 16;
+
+impl JsonSchema {
+    /// Every property reachable from the top of the schema (through `properties`, local
+    /// `$ref`s, and `oneOf`/`anyOf` with a null branch), with its `confluent:tags`, for
+    /// selection by tag (see [`super::tags`]). Full names are paths from `$`, as Confluent's
+    /// serializers name JSON fields.
+    pub(crate) fn walk_fields(&self) -> Walk {
+        let mut walk = Walk::default();
+        walk_node(
+            &self.document,
+            &self.document,
+            "$",
+            &Ok(Vec::new()),
+            &mut walk,
+        );
+        walk
+    }
+}
+
+/// `node` with local `$ref`s (`#/definitions/…`) followed.
+fn resolve<'a>(root: &'a Value, mut node: &'a Value) -> &'a Value {
+    for _ in 0..MAX_REF_HOPS {
+        let Some(target) = node
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| r.strip_prefix('#'))
+            .and_then(|pointer| root.pointer(pointer))
+        else {
+            break;
+        };
+        node = target;
+    }
+    node
+}
+
+fn is_null_schema(node: &Value) -> bool {
+    node.get("type").and_then(Value::as_str) == Some("null")
+}
+
+/// The alternatives of a `oneOf`/`anyOf` other than null, if the node has them.
+fn alternatives<'a>(root: &'a Value, node: &'a Value) -> Option<Vec<&'a Value>> {
+    let branches = node
+        .get("oneOf")
+        .or_else(|| node.get("anyOf"))
+        .and_then(Value::as_array)?;
+    Some(
+        branches
+            .iter()
+            .map(|b| resolve(root, b))
+            .filter(|b| !is_null_schema(b))
+            .collect(),
+    )
+}
+
+/// What kind of value a property's schema allows, if it can be protected in place.
+fn kind_of(root: &Value, node: &Value) -> Result<FieldKind, String> {
+    let node = resolve(root, node);
+    if let Some(others) = alternatives(root, node) {
+        return match others.as_slice() {
+            [only] => kind_of(root, only),
+            _ => Err("it is a oneOf/anyOf of several types; only a string (or string or null) can be protected in place".into()),
+        };
+    }
+    let types: Vec<&str> = match node.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|t| *t != "null")
+            .collect(),
+        _ => Vec::new(),
+    };
+    match types.as_slice() {
+        ["string"] => Ok(FieldKind::String),
+        [] => Err("its schema does not say it is a string (add \"type\": \"string\"); only strings can be protected in place".into()),
+        other => Err(format!(
+            "it is of type {}; only strings can be protected in place",
+            other.join(" or ")
+        )),
+    }
+}
+
+/// Lists the properties under `node` (named `name`, reached at `at`); `false` once full.
+fn walk_node(root: &Value, node: &Value, name: &str, at: &At, walk: &mut Walk) -> bool {
+    let node = resolve(root, node);
+    let depth = name.matches('.').count();
+    if depth > MAX_PATH_SEGMENTS {
+        return true;
+    }
+    if let Some(others) = alternatives(root, node) {
+        let inner: At = if others.len() == 1 {
+            at.clone()
+        } else {
+            Err("it is inside a oneOf/anyOf of several types".into())
+        };
+        return others
+            .into_iter()
+            .all(|b| walk_node(root, b, name, &inner, walk));
+    }
+    if let Some(properties) = node.get("properties").and_then(Value::as_object) {
+        for (property, schema) in properties {
+            let full_name = format!("{name}.{property}");
+            let field_at: At = at.clone().and_then(|mut segments| {
+                segments.push(property.clone());
+                if segments.len() > MAX_PATH_SEGMENTS {
+                    Err(format!(
+                        "it is nested deeper than {MAX_PATH_SEGMENTS} levels"
+                    ))
+                } else {
+                    Ok(segments)
+                }
+            });
+            let inline = [schema, resolve(root, schema)]
+                .iter()
+                .filter_map(|s| s.get(INLINE_PROPERTY).and_then(Value::as_array))
+                .flatten()
+                .filter_map(|t| t.as_str().map(str::to_owned))
+                .collect();
+            let place = field_at.clone().and_then(|segments| {
+                kind_of(root, schema).map(|kind| (FieldPath { segments }, kind))
+            });
+            let listed = walk.push(SchemaField {
+                full_name: full_name.clone(),
+                inline,
+                place,
+            });
+            if !listed || !walk_node(root, schema, &full_name, &field_at, walk) {
+                return false;
+            }
+        }
+    }
+    if let Some(items) = node.get("items").filter(|i| i.is_object()) {
+        let inner: At = Err("it is inside an array".into());
+        if !walk_node(root, items, name, &inner, walk) {
+            return false;
+        }
+    }
+    if let Some(values) = node.get("additionalProperties").filter(|i| i.is_object()) {
+        let inner: At = Err("it is inside a map (additionalProperties)".into());
+        if !walk_node(root, values, name, &inner, walk) {
+            return false;
+        }
+    }
+    true
 }
 
 fn json_type(value: &Value) -> &'static str {

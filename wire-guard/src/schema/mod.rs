@@ -11,6 +11,9 @@
 //!    (`avro`, `json`, `protobuf`), turns the decoded record into a format-neutral `datum`,
 //!    and evaluates the schema's data-contract rules (`rules`, CEL) that apply on write.
 //!
+//! For field protection, [`fields`] finds and rewrites single fields by path, and [`tags`]
+//! lists the fields a schema tags (`confluent:tags`, `confluent.field_meta`, `metadata.tags`).
+//!
 //! `metrics` counts cache outcomes, registry latency and registry errors.
 //!
 //! Validation is CPU work (decoding, JSON Schema, CEL): callers run it off the I/O tasks, for
@@ -27,6 +30,7 @@ mod metrics;
 mod protobuf;
 mod registry;
 mod rules;
+pub mod tags;
 mod token;
 
 use std::fmt;

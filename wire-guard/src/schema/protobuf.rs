@@ -1,6 +1,7 @@
 //! Protobuf: the registry's `.proto` text compiled at run time with protox (its references are
-//! imports by name; Google's well-known types are built in), and each payload decoded with
-//! prost-reflect as the message its message-index array selects.
+//! imports by name; Google's well-known types and Confluent's `confluent/meta.proto` are built
+//! in), and each payload decoded with prost-reflect as the message its message-index array
+//! selects.
 
 use std::collections::HashMap;
 
@@ -17,7 +18,14 @@ use super::{
     datum::Datum,
     fields::{EditError, FieldKind},
     framing,
+    tags::{MAX_PATH_SEGMENTS, SchemaField, Walk},
 };
+
+/// Confluent's field options, imported by schemas that tag fields; never registered.
+const CONFLUENT_META: (&str, &str) = ("confluent/meta.proto", include_str!("confluent/meta.proto"));
+
+/// The extension that carries a field's tags.
+const FIELD_META: &str = "confluent.field_meta";
 
 /// The name the registry's own schema text is compiled under; registry references are other
 /// files it imports by their reference names.
@@ -75,6 +83,9 @@ impl ProtobufSchema {
                 "a reference is named {MAIN_FILE}, the name of the main file"
             ));
         }
+        files
+            .entry(CONFLUENT_META.0.to_owned())
+            .or_insert_with(|| CONFLUENT_META.1.to_owned());
         let mut resolver = ChainFileResolver::new();
         resolver.add(InMemory(files));
         resolver.add(GoogleFileResolver::new());
@@ -220,6 +231,127 @@ impl ProtobufSchema {
 }
 
 /// The kind of the singular string or bytes field `path` names in `message`.
+/// Where a field met in a walk is: the path to it, or why no path reaches it.
+type At = Result<Vec<String>, String>;
+
+impl ProtobufSchema {
+    /// Every field reachable from the schema's first message (the one records select with
+    /// index 0, as [`Self::check_path`]), with its `(confluent.field_meta).tags`, for
+    /// selection by tag (see [`super::tags`]). Full names are the fields' Protobuf full names
+    /// (`package.Message.field`), as Confluent's serializers name them.
+    pub(crate) fn walk_fields(&self) -> Walk {
+        let mut walk = Walk::default();
+        let Some(message) = self.file.messages().next() else {
+            return walk;
+        };
+        let meta = self.file.parent_pool().get_extension_by_name(FIELD_META);
+        walk_message(
+            &message,
+            meta.as_ref(),
+            &Ok(Vec::new()),
+            &mut Vec::new(),
+            &mut walk,
+        );
+        walk
+    }
+}
+
+/// The tags in a field's `(confluent.field_meta)` option.
+fn field_tags(
+    field: &prost_reflect::FieldDescriptor,
+    meta: Option<&prost_reflect::ExtensionDescriptor>,
+) -> Vec<String> {
+    let Some(meta) = meta else {
+        return Vec::new();
+    };
+    let options = field.options();
+    if !options.has_extension(meta) {
+        return Vec::new();
+    }
+    let value = options.get_extension(meta);
+    let Some(Value::List(tags)) = value
+        .as_message()
+        .and_then(|m| m.get_field_by_name("tags").map(|v| v.into_owned()))
+    else {
+        return Vec::new();
+    };
+    tags.iter()
+        .filter_map(|t| t.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// Lists the fields of `message` reached at `at`; `false` once the walk is full.
+fn walk_message(
+    message: &MessageDescriptor,
+    meta: Option<&prost_reflect::ExtensionDescriptor>,
+    at: &At,
+    open: &mut Vec<String>,
+    walk: &mut Walk,
+) -> bool {
+    // A message inside itself: its fields are listed where it was first met.
+    if open.iter().any(|m| m == message.full_name()) {
+        return true;
+    }
+    open.push(message.full_name().to_owned());
+    for field in message.fields() {
+        let field_at: At = if field.is_list() {
+            Err("it is a repeated field".into())
+        } else if field.is_map() {
+            Err("it is inside a map".into())
+        } else {
+            at.clone().and_then(|mut segments| {
+                segments.push(field.name().to_owned());
+                if segments.len() > MAX_PATH_SEGMENTS {
+                    Err(format!(
+                        "it is nested deeper than {MAX_PATH_SEGMENTS} levels"
+                    ))
+                } else {
+                    Ok(segments)
+                }
+            })
+        };
+        let place = field_at.clone().and_then(|segments| {
+            let path = FieldPath { segments };
+            let top = open
+                .first()
+                .and_then(|name| message.parent_pool().get_message_by_name(name))
+                .ok_or_else(|| "the schema defines no message".to_owned())?;
+            field_kind(&top, &path).map(|kind| (path, kind))
+        });
+        let listed = walk.push(SchemaField {
+            full_name: field.full_name().to_owned(),
+            inline: field_tags(&field, meta),
+            place,
+        });
+        let inner = match field.kind() {
+            Kind::Message(inner) if field.is_map() => inner
+                .get_field_by_name("value")
+                .and_then(|v| v.kind().as_message().cloned()),
+            Kind::Message(inner) => Some(inner),
+            _ => None,
+        };
+        let descended = match inner {
+            Some(inner) => {
+                let inner_at: At = if field.is_map() {
+                    Err("it is inside a map".into())
+                } else if field.is_list() {
+                    Err("it is inside a repeated field".into())
+                } else {
+                    field_at.clone()
+                };
+                walk_message(&inner, meta, &inner_at, open, walk)
+            }
+            None => true,
+        };
+        if !listed || !descended {
+            open.pop();
+            return false;
+        }
+    }
+    open.pop();
+    true
+}
+
 fn field_kind(message: &MessageDescriptor, path: &FieldPath) -> Result<FieldKind, String> {
     let mut message = message.clone();
     let mut walked = String::from("$");

@@ -93,6 +93,7 @@ struct SchemaDoc {
     references: Vec<ReferenceDoc>,
     #[serde(rename = "ruleSet")]
     rule_set: Option<serde_json::Value>,
+    metadata: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -197,6 +198,11 @@ impl RegistryClient {
             text: doc.schema,
             references,
             rule_set: doc.rule_set,
+            metadata_tags: doc
+                .metadata
+                .as_ref()
+                .map(super::compile::metadata_tags)
+                .unwrap_or_default(),
         };
         Ok(Some((source, subjects)))
     }
