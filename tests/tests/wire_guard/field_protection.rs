@@ -158,10 +158,17 @@ async fn avro_fields_are_protected_on_the_broker_and_revealed_only_to_the_named_
     let proxy = guarded(&policy(&topic), &registry.url, &keyring, dir.path()).await?;
     let second = guarded(&policy(&topic), &registry.url, &keyring, dir.path()).await?;
 
-    // Bob produces through one instance, carol through the other: same email, same token.
+    // Bob produces through one instance, carol through the other, each with two clients:
+    // same email, same token.
     let bob = login("bob");
     let carol = login("carol");
-    for (proxy, who, n) in [(&proxy, &bob, 0), (&second, &carol, 1)] {
+    let producers = [
+        (&proxy, &bob, "confluent"),
+        (&second, &carol, "java"),
+        (&proxy, &bob, "kafka-python"),
+        (&second, &carol, "aiokafka"),
+    ];
+    for (n, (proxy, who, client)) in producers.into_iter().enumerate() {
         let file = payload_file(
             dir.path(),
             &topic,
@@ -172,14 +179,14 @@ async fn avro_fields_are_protected_on_the_broker_and_revealed_only_to_the_named_
                 framed(id, &customer(&format!("c{n}"), CARD, EMAIL, PHONE)),
             )],
         )?;
-        let result = produce("confluent", &proxy.bootstrap(), &file, &args(who)).await?;
-        assert_eq!(result["delivered"], 1, "{result}");
+        let result = produce(client, &proxy.bootstrap(), &file, &args(who)).await?;
+        assert_eq!(result["delivered"], 1, "{client}: {result}");
     }
 
     // Straight from the broker: no protected field in the clear, one key header per
     // encrypted field, the same token from both instances.
-    let stored = read_topic(&direct, &topic, 2).await?;
-    assert_eq!(stored.len(), 2);
+    let stored = read_topic(&direct, &topic, 4).await?;
+    assert_eq!(stored.len(), 4);
     for got in &stored {
         let value = got.value.as_deref().unwrap_or_default();
         for secret in [CARD, EMAIL, PHONE] {
@@ -202,14 +209,17 @@ async fn avro_fields_are_protected_on_the_broker_and_revealed_only_to_the_named_
         let at = v.windows(4).position(|w| w == b"tk1.").expect("token");
         v[at..at + 47].to_vec()
     };
-    assert_eq!(
-        token(&stored[0]),
-        token(&stored[1]),
-        "tokens differ across instances"
-    );
+    for other in &stored[1..] {
+        assert_eq!(
+            token(&stored[0]),
+            token(other),
+            "tokens differ across instances"
+        );
+    }
 
     // Alice may read card and phone; bob reads the card's ciphertext and a masked phone.
-    let as_alice = read_topic_with(&proxy.bootstrap(), &topic, 2, &args(&login("alice"))).await?;
+    let as_alice = read_topic_with(&proxy.bootstrap(), &topic, 4, &args(&login("alice"))).await?;
+    assert_eq!(as_alice.len(), 4);
     for got in &as_alice {
         let value = got.value.as_deref().unwrap_or_default();
         assert!(contains(value, CARD) && contains(value, PHONE), "{got:?}");
@@ -218,7 +228,8 @@ async fn avro_fields_are_protected_on_the_broker_and_revealed_only_to_the_named_
             "{got:?}"
         );
     }
-    let as_bob = read_topic_with(&second.bootstrap(), &topic, 2, &args(&bob)).await?;
+    let as_bob = read_topic_with(&second.bootstrap(), &topic, 4, &args(&bob)).await?;
+    assert_eq!(as_bob.len(), 4);
     for got in &as_bob {
         let value = got.value.as_deref().unwrap_or_default();
         assert!(!contains(value, CARD) && contains(value, "wg1."), "{got:?}");
@@ -240,8 +251,8 @@ async fn avro_fields_are_protected_on_the_broker_and_revealed_only_to_the_named_
     let file = payload_file(dir.path(), &topic, "none", false, &[forged, plain])?;
     let result = produce("confluent", &direct, &file, &[]).await?;
     assert_eq!(result["delivered"], 2, "{result}");
-    let as_alice = read_topic_with(&proxy.bootstrap(), &topic, 4, &args(&login("alice"))).await?;
-    let tampered_read = as_alice[2].value.as_deref().unwrap_or_default();
+    let as_alice = read_topic_with(&proxy.bootstrap(), &topic, 6, &args(&login("alice"))).await?;
+    let tampered_read = as_alice[4].value.as_deref().unwrap_or_default();
     assert!(
         !contains(tampered_read, CARD),
         "a changed ciphertext decrypted"
@@ -249,10 +260,10 @@ async fn avro_fields_are_protected_on_the_broker_and_revealed_only_to_the_named_
     assert!(
         contains(tampered_read, "****************"),
         "{:?}",
-        as_alice[2]
+        as_alice[4]
     );
-    let as_bob = read_topic_with(&proxy.bootstrap(), &topic, 4, &args(&bob)).await?;
-    let plain_read = as_bob[3].value.as_deref().unwrap_or_default();
+    let as_bob = read_topic_with(&proxy.bootstrap(), &topic, 6, &args(&bob)).await?;
+    let plain_read = as_bob[5].value.as_deref().unwrap_or_default();
     assert!(
         !contains(plain_read, CARD),
         "plaintext shown to a reader outside reveal_to"
@@ -276,7 +287,8 @@ async fn avro_fields_are_protected_on_the_broker_and_revealed_only_to_the_named_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_and_protobuf_fields_round_trip_through_every_client() -> anyhow::Result<()> {
+async fn json_and_protobuf_fields_round_trip_every_action_through_every_client()
+-> anyhow::Result<()> {
     let run = run_id();
     let dir = tempfile::tempdir()?;
     let keyring = keyring(dir.path())?;
@@ -286,13 +298,13 @@ async fn json_and_protobuf_fields_round_trip_through_every_client() -> anyhow::R
     let json_id = registry
         .register(
             &format!("{json_topic}-value"),
-            json!({"schemaType": "JSON", "schema": r#"{"type":"object","properties":{"id":{"type":"string"},"email":{"type":"string"}}}"#}),
+            json!({"schemaType": "JSON", "schema": r#"{"type":"object","properties":{"id":{"type":"string"},"email":{"type":"string"},"phone":{"type":"string"},"ref":{"type":"string"}}}"#}),
         )
         .await?;
     let proto_id = registry
         .register(
             &format!("{proto_topic}-value"),
-            json!({"schemaType": "PROTOBUF", "schema": "syntax = \"proto3\";\npackage example.pii;\nmessage Contact { string id = 1; bytes email = 2; }\n"}),
+            json!({"schemaType": "PROTOBUF", "schema": "syntax = \"proto3\";\npackage example.pii;\nmessage Contact { string id = 1; bytes email = 2; string phone = 3; string ref = 4; }\n"}),
         )
         .await?;
     let direct = broker::shared().endpoint().bootstrap;
@@ -310,20 +322,28 @@ async fn json_and_protobuf_fields_round_trip_through_every_client() -> anyhow::R
     fields:
       - {{ path: "$.email", action: encrypt, key: "local:pii", reveal_to: ["user:alice"] }}
       - {{ path: "$.id", action: tokenize, reversible: true, key: "local:tokens", reveal_to: ["user:alice"] }}
+      - {{ path: "$.phone", action: mask, keep_last: 4, key: "local:pii", reveal_to: ["user:alice"] }}
+      - {{ path: "$.ref", action: tokenize, key: "local:tokens" }}
 "#
     );
     let proxy = guarded(&policy, &registry.url, &keyring, dir.path()).await?;
     let clients = ["confluent", "kafka-python", "aiokafka", "java"];
+    let phone = |n: usize| format!("+44 7700 90{n:04}");
+    let reference = |client: &str| format!("ref-{client}");
     for (n, client) in clients.iter().enumerate() {
         let email = format!("{client}@example.com");
         let json_value = framed(
             json_id,
-            json!({"id": n.to_string(), "email": email})
+            json!({"id": n.to_string(), "email": email, "phone": phone(n), "ref": reference(client)})
                 .to_string()
                 .as_bytes(),
         );
         let mut proto = vec![0u8, 0x0a, 1, b'0' + n as u8, 0x12, email.len() as u8];
         proto.extend_from_slice(email.as_bytes());
+        proto.extend_from_slice(&[0x1a, phone(n).len() as u8]);
+        proto.extend_from_slice(phone(n).as_bytes());
+        proto.extend_from_slice(&[0x22, reference(client).len() as u8]);
+        proto.extend_from_slice(reference(client).as_bytes());
         let proto_value = framed(proto_id, &proto);
         for (topic, value) in [(&json_topic, json_value), (&proto_topic, proto_value)] {
             let file = payload_file(dir.path(), topic, "lz4", true, &[Out::value(0, value)])?;
@@ -347,19 +367,51 @@ async fn json_and_protobuf_fields_round_trip_through_every_client() -> anyhow::R
             &args(&login("bob")),
         )
         .await?;
-        for client in clients {
+        for (n, client) in clients.iter().enumerate() {
             let email = format!("{client}@example.com");
-            let has = |records: &[Got]| {
+            let has = |records: &[Got], text: &str| {
                 records
                     .iter()
-                    .any(|g| contains(g.value.as_deref().unwrap_or_default(), &email))
+                    .any(|g| contains(g.value.as_deref().unwrap_or_default(), text))
             };
-            assert!(!has(&stored), "{topic}: {email} stored in the clear");
             assert!(
-                has(&revealed),
+                !has(&stored, &email),
+                "{topic}: {email} stored in the clear"
+            );
+            assert!(
+                has(&revealed, &email),
                 "{topic}: {email} not revealed to alice: {revealed:?}"
             );
-            assert!(!has(&withheld), "{topic}: {email} shown to bob");
+            assert!(!has(&withheld, &email), "{topic}: {email} shown to bob");
+            // Masked: alice reads the number, bob its last four digits only.
+            let number = phone(n);
+            let masked = format!(
+                "{}{}",
+                "*".repeat(number.len() - 4),
+                &number[number.len() - 4..]
+            );
+            assert!(
+                !has(&stored, &number),
+                "{topic}: {number} stored in the clear"
+            );
+            assert!(has(&revealed, &number), "{topic}: {number} not revealed");
+            assert!(
+                !has(&withheld, &number) && has(&withheld, &masked),
+                "{topic}: {number} not masked for bob: {withheld:?}"
+            );
+            // A one-way token: nobody reads the reference back.
+            let plain = reference(client);
+            for records in [&stored, &revealed, &withheld] {
+                assert!(!has(records, &plain), "{topic}: {plain} readable");
+            }
+        }
+        for records in [&stored, &revealed, &withheld] {
+            assert!(
+                records
+                    .iter()
+                    .all(|g| contains(g.value.as_deref().unwrap_or_default(), "tk1.")),
+                "{topic}: a reference not tokenized: {records:?}"
+            );
         }
         // JSON stays a JSON document of the same shape; the value is the envelope text.
         if topic == &json_topic {
