@@ -57,7 +57,8 @@ from confluent_kafka import Consumer, TopicPartition  # noqa: E402
 import data_quality  # noqa: E402
 import wire_guard as wg  # noqa: E402
 from data_quality import Proxy, Registry, avro_bodies, framed, produce_run  # noqa: E402
-from wire_guard import BenchError, Budget, create_topics, delete_topics, median, scrape  # noqa: E402
+from wire_guard import (  # noqa: E402
+    BenchError, Budget, cpu_seconds, create_topics, delete_topics, median, scrape)
 
 TARGET_PRODUCE = 0.85
 # Protection adds a few hundred bytes per record, and a batch grown past the broker's 1 MiB is
@@ -207,9 +208,16 @@ def run_round(args, rnd_no: int, run_id: str, broker: wg.Broker, registry: Regis
         calls_before = kms_calls(protecting)
         protected_before = fields_protected(protecting)
         t = lambda cap: min(cap, max(1.0, budget.left()))  # noqa: E731
+        proxy_of = {"produce_passthrough": passthrough, "produce_encrypt": protecting,
+                    "produce_tokenize": protecting, "produce_sign": protecting,
+                    "consume_passthrough": passthrough, "consume_masked": protecting}
         for row in order:
             pool = framed(ids[row], pool_bodies)
+            cpu = cpu_seconds(proxy_of[row].pid) if row in proxy_of else None
             r = produce_run(via[row], topics[row], args.records, pool, pool[:2], "none", t(180.0))
+            if cpu is not None:
+                r["proxy_cpu_us_per_record"] = (
+                    1e6 * (cpu_seconds(proxy_of[row].pid) - cpu) / max(r["records"], 1))
             out["rows"][row] = r
             print("  round %d %-20s %7.1f MB/s" % (rnd_no, row, r["mb_per_s"]), flush=True)
         out["kms_calls"] = kms_calls(protecting) - calls_before
@@ -228,7 +236,11 @@ def run_round(args, rnd_no: int, run_id: str, broker: wg.Broker, registry: Regis
         order = list(CONSUME) if rnd_no % 2 == 0 else list(reversed(CONSUME))
         for row in order:
             bootstrap, topic, n = reads[row]
+            cpu = cpu_seconds(proxy_of[row].pid) if row in proxy_of else None
             r = consume_run(bootstrap, topic, args.partitions, n, t(180.0))
+            if cpu is not None:
+                r["proxy_cpu_us_per_record"] = (
+                    1e6 * (cpu_seconds(proxy_of[row].pid) - cpu) / max(r["records"], 1))
             out["rows"][row] = r
             print("  round %d %-20s %7.1f MB/s" % (rnd_no, row, r["mb_per_s"]), flush=True)
         out["protecting_vmhwm_kib"] = protecting.vmhwm_kib()
@@ -249,7 +261,10 @@ def summarize(rounds: List[dict]) -> dict:
                   if row in r["rows"] and base in r["rows"]]
         to_direct = [r["rows"][row]["mb_per_s"] / r["rows"][direct]["mb_per_s"] for r in rounds
                      if row in r["rows"] and direct in r["rows"]]
+        cpu = [r["rows"][row]["proxy_cpu_us_per_record"] for r in rounds
+               if "proxy_cpu_us_per_record" in r["rows"].get(row, {})]
         rows[row] = {"mb_per_s": median(mbs), "vs_passthrough": median(ratios),
+                     "proxy_cpu_us_per_record": median(cpu) if cpu else None,
                      "vs_passthrough_range": [min(ratios), max(ratios)] if ratios else None,
                      "vs_direct": median(to_direct)}
     calls = sum(r["kms_calls"] for r in rounds)
@@ -268,8 +283,10 @@ def render(report: dict) -> str:
                  report["command"], report["machine_text"], report["versions"]["tree"],
                  report["versions"]["kafka"], len(report["rounds"]), report["args"]["records"],
                  report["args"]["record_bytes"], report["args"]["partitions"], report["started_at"]),
-             "", "| row | MB/s (median) | vs passthrough (median, range) | vs direct | target | verdict |",
-             "|---|---:|---:|---:|---|---|"]
+             "", "wire-guard CPU: utime + stime of the row's wire-guard (/proc/<pid>/stat) over the "
+             "row, per record (warm-up records included), median over rounds.", "",
+             "| row | MB/s (median) | vs passthrough (median, range) | vs direct | wire-guard CPU µs/record | target | verdict |",
+             "|---|---:|---:|---:|---:|---|---|"]
     for row in PRODUCE + CONSUME:
         e = s["rows"][row]
         target, verdict = "", ""
@@ -277,14 +294,15 @@ def render(report: dict) -> str:
             target = ">= %.2fx passthrough" % TARGET_PRODUCE
             verdict = "met" if e["vs_passthrough"] >= TARGET_PRODUCE else "missed"
         rng = e["vs_passthrough_range"]
-        lines.append("| %s | %.1f | %.3fx (%.3f-%.3f) | %.3fx | %s | %s |" % (
+        cpu = e.get("proxy_cpu_us_per_record")
+        lines.append("| %s | %.1f | %.3fx (%.3f-%.3f) | %.3fx | %s | %s | %s |" % (
             LABELS[row], e["mb_per_s"], e["vs_passthrough"], rng[0], rng[1], e["vs_direct"],
-            target, verdict))
+            "%.2f" % cpu if cpu is not None else "—", target, verdict))
     kms = s["kms_calls_per_1000_records"]
-    lines.append("| KMS calls per 1000 records protected | %.3f (%d calls, %d fields) | | | < 1 | %s |"
+    lines.append("| KMS calls per 1000 records protected | %.3f (%d calls, %d fields) | | | | < 1 | %s |"
                  % (kms, s["kms_calls"], s["fields_protected"], "met" if kms < 1 else "missed"))
     chars = s["encrypted_card_chars"]
-    lines.append("| 16-character field, encrypted, as stored | %d characters | | | <= 64 | %s |"
+    lines.append("| 16-character field, encrypted, as stored | %d characters | | | | <= 64 | %s |"
                  % (chars, "met" if chars <= 64 else "missed"))
     return "\n".join(lines) + "\n"
 

@@ -3,6 +3,12 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use wire_guard::cli::Args;
 
+/// mimalloc rather than the system allocator: the record path allocates and frees buffers of
+/// every size per batch, and glibc's malloc turns the large ones into fresh pages (page faults)
+/// on every request.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();

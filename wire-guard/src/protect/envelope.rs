@@ -28,7 +28,7 @@
 
 use aes_gcm::{
     Aes256Gcm, KeyInit,
-    aead::{Aead, Nonce, Payload},
+    aead::{Aead, AeadInOut, Nonce, Payload},
 };
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use zeroize::Zeroizing;
@@ -142,47 +142,62 @@ fn aad(topic: &str, field: &str) -> Vec<u8> {
     aad
 }
 
-/// Encrypts `plaintext` for the field `field` of a record on `topic` with the data key
-/// `key` (id `id`) at use number `use_number`.
-pub fn seal(
-    key: &[u8; DATA_KEY_LEN],
-    id: &KeyId,
-    use_number: u32,
-    topic: &str,
-    field: &str,
-    kind: FieldKind,
-    plaintext: &[u8],
-) -> Result<Vec<u8>, SealError> {
-    let cipher = Aes256Gcm::new(key.into());
-    let mut head = [0u8; HEAD_LEN];
-    head[..KEY_ID_LEN].copy_from_slice(id);
-    head[KEY_ID_LEN..].copy_from_slice(&use_number.to_be_bytes());
-    let nonce = Nonce::<Aes256Gcm>::from(head);
-    let sealed = cipher
-        .encrypt(
-            &nonce,
-            Payload {
-                msg: plaintext,
-                aad: &aad(topic, field),
-            },
-        )
-        .map_err(|_| SealError)?;
-    let mut binary = Vec::with_capacity(HEAD_LEN + sealed.len());
-    binary.extend_from_slice(&head);
-    binary.extend_from_slice(&sealed);
-    Ok(match kind {
-        FieldKind::Bytes => {
-            let mut out = Vec::with_capacity(1 + binary.len());
-            out.push(VERSION_1);
-            out.extend_from_slice(&binary);
-            out
+/// One data key ready to seal one field of one topic: the cipher's key schedule and the
+/// associated data are computed once, not per record. [`Sealer::seal`] encrypts a value at a
+/// use number of the key.
+pub struct Sealer {
+    cipher: Aes256Gcm,
+    id: KeyId,
+    aad: Vec<u8>,
+}
+
+impl Sealer {
+    pub fn new(key: &[u8; DATA_KEY_LEN], id: KeyId, topic: &str, field: &str) -> Sealer {
+        Sealer {
+            cipher: Aes256Gcm::new(key.into()),
+            id,
+            aad: aad(topic, field),
         }
-        FieldKind::String => {
-            let mut out = TEXT_PREFIX.as_bytes().to_vec();
-            out.extend_from_slice(URL_SAFE_NO_PAD.encode(&binary).as_bytes());
-            out
-        }
-    })
+    }
+
+    /// Encrypts `plaintext` at use number `use_number` of the data key.
+    pub fn seal(
+        &self,
+        use_number: u32,
+        kind: FieldKind,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, SealError> {
+        let mut head = [0u8; HEAD_LEN];
+        head[..KEY_ID_LEN].copy_from_slice(&self.id);
+        head[KEY_ID_LEN..].copy_from_slice(&use_number.to_be_bytes());
+        let nonce = Nonce::<Aes256Gcm>::from(head);
+        // head, ciphertext and tag in one buffer, encrypted in place.
+        let mut binary = Vec::with_capacity(HEAD_LEN + plaintext.len() + TAG_LEN);
+        binary.extend_from_slice(&head);
+        binary.extend_from_slice(plaintext);
+        let tag = self
+            .cipher
+            .encrypt_inout_detached(&nonce, &self.aad, (&mut binary[HEAD_LEN..]).into())
+            .map_err(|_| SealError)?;
+        binary.extend_from_slice(&tag);
+        Ok(match kind {
+            FieldKind::Bytes => {
+                binary.insert(0, VERSION_1);
+                binary
+            }
+            FieldKind::String => {
+                let prefix = TEXT_PREFIX.len();
+                let mut out =
+                    vec![0u8; prefix + base64::encoded_len(binary.len(), false).unwrap_or(0)];
+                out[..prefix].copy_from_slice(TEXT_PREFIX.as_bytes());
+                let written = URL_SAFE_NO_PAD
+                    .encode_slice(&binary, &mut out[prefix..])
+                    .map_err(|_| SealError)?;
+                out.truncate(prefix + written);
+                out
+            }
+        })
+    }
 }
 
 /// AES refused to encrypt: only a value longer than the cipher allows (GCM: 64 GiB), which no
@@ -413,6 +428,18 @@ pub fn mask(kind: FieldKind, value: &[u8], keep_last: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn seal(
+        key: &[u8; DATA_KEY_LEN],
+        id: &KeyId,
+        use_number: u32,
+        topic: &str,
+        field: &str,
+        kind: FieldKind,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, SealError> {
+        Sealer::new(key, *id, topic, field).seal(use_number, kind, plaintext)
+    }
 
     const KEY: [u8; DATA_KEY_LEN] = [7; DATA_KEY_LEN];
 

@@ -98,10 +98,10 @@ pub struct Protection {
 
 /// The key material one field rule needs on produce.
 enum ProduceKey {
-    /// A data key with a block of uses reserved, its id and its header.
+    /// A data key with a block of uses reserved, ready to seal its field, and its header.
     Seal {
-        key: Zeroizing<[u8; DATA_KEY_LEN]>,
-        id: KeyId,
+        /// Boxed: a cipher with its key schedule is large beside the other variants.
+        sealer: Box<envelope::Sealer>,
         first_use: u32,
         header: Vec<u8>,
     },
@@ -253,6 +253,12 @@ impl Protection {
                 tracing::warn!(topic, field = %path, kms_key = %kms_key, error = %e, "no data key; partition refused, nothing sent upstream");
                 Refusal::kms(&e)
             })?;
+        let sealer = Box::new(envelope::Sealer::new(
+            &data_key.plaintext,
+            envelope::key_id(&data_key.wrapped),
+            topic,
+            &path,
+        ));
         let header = KeyHeader {
             kms_key: data_key
                 .wrapped_by
@@ -263,9 +269,8 @@ impl Protection {
         }
         .encode();
         Ok(ProduceKey::Seal {
-            id: envelope::key_id(&data_key.wrapped),
+            sealer,
             first_use: data_key.use_index,
-            key: data_key.plaintext,
             header,
         })
     }
@@ -738,7 +743,6 @@ fn protect_batches(
         _ => 0,
     };
     let fields = &selection.fields;
-    let texts: Vec<String> = fields.iter().map(|f| f.path.to_string()).collect();
     let mut next_use: Vec<u32> = keys
         .iter()
         .map(|k| match k {
@@ -791,11 +795,11 @@ fn protect_batches(
                 let edited = schema.edit_fields(payload, &paths, |local, kind, current| {
                     let i = mine[local];
                     let new = match &keys[i] {
-                        ProduceKey::Seal { key, id, .. } => {
+                        ProduceKey::Seal { sealer, .. } => {
                             let n = next_use[i];
                             next_use[i] = n.wrapping_add(1);
                             used[i] = true;
-                            envelope::seal(key, id, n, topic, &texts[i], kind, current)?
+                            sealer.seal(n, kind, current)?
                         }
                         ProduceKey::Token(mac) => envelope::token(mac, kind, current),
                         ProduceKey::ReversibleToken(key) => {
@@ -822,26 +826,15 @@ fn protect_batches(
                     }
                 }
             }
-            if let (
-                Some(ProduceKey::Seal {
-                    key, id, header, ..
-                }),
-                Some(value),
-            ) = (&whole.value, value)
+            if let (Some(ProduceKey::Seal { sealer, header, .. }), Some(value)) =
+                (&whole.value, value)
             {
                 let n = value_use;
                 value_use = n.wrapping_add(1);
                 new_value = Some(
-                    envelope::seal(
-                        key,
-                        id,
-                        n,
-                        topic,
-                        envelope::WHOLE_VALUE,
-                        FieldKind::Bytes,
-                        value,
-                    )
-                    .map_err(|e| refuse(e.to_string()))?,
+                    sealer
+                        .seal(n, FieldKind::Bytes, value)
+                        .map_err(|e| refuse(e.to_string()))?,
                 );
                 headers.push((KEY_HEADER.as_bytes().to_vec(), header.clone()));
             }
