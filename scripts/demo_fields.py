@@ -1,8 +1,9 @@
 """What wire-guard's field protection does to records: the demo's last part.
 
 policies/field-protection.yaml protects three fields of `payments.customers*` values: the card
-number is encrypted (only `fraud` reads it), the email tokenized, the phone masked for everyone
-but `support` and `fraud`. The payments service produces one customer record through wire-guard;
+number is encrypted (only `fraud` reads it), the email tokenized, and every field the schema
+tags `PII` (here the phone, tagged with `confluent:tags` as Confluent's data contracts write it)
+masked for everyone but `support` and `fraud`. The payments service produces one customer record through wire-guard;
 the same record is then read through wire-guard as three principals, and straight from the
 broker, bypassing wire-guard.
 """
@@ -29,7 +30,7 @@ CUSTOMER = {
         {"name": "card", "type": {"type": "record", "name": "Card",
                                   "fields": [{"name": "number", "type": "string"}]}},
         {"name": "email", "type": "string"},
-        {"name": "phone", "type": "string"},
+        {"name": "phone", "type": "string", "confluent:tags": ["PII"]},
     ],
 }
 PARSED = fastavro.parse_schema(CUSTOMER)
@@ -94,8 +95,8 @@ def main() -> int:
     producer.flush(30)
     print(f"   -> {'delivered' if result.get('err') is None else result['err']}\n")
 
-    for user, why in [("fraud", "in reveal_to of card and phone"),
-                      ("support", "in reveal_to of phone only"),
+    for user, why in [("fraud", "in reveal_to of card and of PII-tagged fields"),
+                      ("support", "in reveal_to of PII-tagged fields only"),
                       ("analyst", "in no reveal_to")]:
         got = read({**proxy, **login(user)}, topic, 1)
         show(f"read through wire-guard as {user}:", got[0] if got else None)

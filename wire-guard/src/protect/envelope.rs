@@ -234,27 +234,35 @@ pub fn open_envelope(kind: FieldKind, field: &[u8]) -> Option<Sealed> {
     Some(Sealed { key_id, binary })
 }
 
-/// Decrypts a field sealed for `topic` and `field`; `None` when it does not authenticate
-/// (changed, moved from another field or topic, or sealed under another key).
-pub fn unseal(
-    key: &[u8; DATA_KEY_LEN],
-    sealed: &Sealed,
-    topic: &str,
-    field: &str,
-) -> Option<Zeroizing<Vec<u8>>> {
-    let cipher = Aes256Gcm::new(key.into());
-    let (head, body) = sealed.binary.split_at(HEAD_LEN);
-    let nonce = Nonce::<Aes256Gcm>::try_from(head).ok()?;
-    cipher
-        .decrypt(
-            &nonce,
-            Payload {
-                msg: body,
-                aad: &aad(topic, field),
-            },
-        )
-        .ok()
-        .map(Zeroizing::new)
+/// The associated data a field's envelopes are bound with: its topic and field path.
+pub fn field_aad(topic: &str, field: &str) -> Vec<u8> {
+    aad(topic, field)
+}
+
+/// A data key ready to open envelopes: the cipher's key schedule is computed once, not per
+/// record.
+pub struct Opener {
+    cipher: Aes256Gcm,
+}
+
+impl Opener {
+    pub fn new(key: &[u8; DATA_KEY_LEN]) -> Opener {
+        Opener {
+            cipher: Aes256Gcm::new(key.into()),
+        }
+    }
+
+    /// Decrypts an envelope sealed with the associated data `aad` ([`field_aad`]); `None`
+    /// when it does not authenticate (changed, moved from another field or topic, or sealed
+    /// under another key).
+    pub fn open(&self, sealed: &Sealed, aad: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+        let (head, body) = sealed.binary.split_at(HEAD_LEN);
+        let nonce = Nonce::<Aes256Gcm>::try_from(head).ok()?;
+        self.cipher
+            .decrypt(&nonce, Payload { msg: body, aad })
+            .ok()
+            .map(Zeroizing::new)
+    }
 }
 
 /// A data key as a record's key header carries it.
@@ -428,6 +436,15 @@ pub fn mask(kind: FieldKind, value: &[u8], keep_last: usize) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn unseal(
+        key: &[u8; DATA_KEY_LEN],
+        sealed: &Sealed,
+        topic: &str,
+        field: &str,
+    ) -> Option<Zeroizing<Vec<u8>>> {
+        Opener::new(key).open(sealed, &field_aad(topic, field))
+    }
 
     fn seal(
         key: &[u8; DATA_KEY_LEN],

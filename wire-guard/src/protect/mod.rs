@@ -410,14 +410,21 @@ impl Protection {
             wanted.push(envelope::WHOLE_VALUE.to_owned());
         }
         let mut headers: HashMap<KeyId, KeyHeader> = HashMap::new();
+        // Records of a batch mostly carry the same few key headers: each is read once.
+        let mut seen: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
         for b in batches.iter().filter(|b| !b.is_control()) {
             for r in &b.records {
                 for h in &r.headers {
                     if b.bytes(&h.key) != KEY_HEADER.as_bytes() {
                         continue;
                     }
-                    if let Some(header) =
-                        h.value.as_ref().and_then(|v| KeyHeader::decode(b.bytes(v)))
+                    let Some(raw_header) = h.value.as_ref().map(|v| b.bytes(v)) else {
+                        continue;
+                    };
+                    if !seen.insert(raw_header) {
+                        continue;
+                    }
+                    if let Some(header) = KeyHeader::decode(raw_header)
                         && wanted.contains(&header.field)
                     {
                         headers
@@ -427,7 +434,7 @@ impl Protection {
                 }
             }
         }
-        let mut unwrapped: HashMap<KeyId, Zeroizing<[u8; DATA_KEY_LEN]>> = HashMap::new();
+        let mut unwrapped: HashMap<KeyId, envelope::Opener> = HashMap::new();
         if !headers.is_empty() {
             let kms = self.kms()?;
             for (id, header) in &headers {
@@ -437,7 +444,7 @@ impl Protection {
                     .await
                 {
                     Ok(key) => {
-                        unwrapped.insert(*id, key);
+                        unwrapped.insert(*id, envelope::Opener::new(&key));
                     }
                     Err(e) if e.is_retriable() => return Err(Refusal::kms(&e)),
                     Err(e) => {
@@ -924,7 +931,7 @@ fn reveal_batches(
     topic: &str,
     selection: &Selection,
     plan: &[FetchPlan],
-    unwrapped: &HashMap<KeyId, Zeroizing<[u8; DATA_KEY_LEN]>>,
+    unwrapped: &HashMap<KeyId, envelope::Opener>,
     token_keys: &HashMap<usize, Zeroizing<[u8; DATA_KEY_LEN]>>,
     whole: &WholeFetch,
     values: &HashMap<u32, Arc<CompiledSchema>>,
@@ -933,11 +940,12 @@ fn reveal_batches(
     raw: &Bytes,
     end: usize,
 ) -> (Option<Bytes>, Counts, Option<String>) {
-    let texts: Vec<String> = selection
+    let aads: Vec<Vec<u8>> = selection
         .fields
         .iter()
-        .map(|f| f.path.to_string())
+        .map(|f| envelope::field_aad(topic, &f.path.to_string()))
         .collect();
+    let whole_aad = envelope::field_aad(topic, envelope::WHOLE_VALUE);
     let mut counts: Counts = HashMap::new();
     let mut out = Vec::with_capacity(end);
     let mut changed = false;
@@ -1009,9 +1017,9 @@ fn reveal_batches(
                 if let (Some(reveal), Some(v)) = (whole.reveal_value, value) {
                     match envelope::open_envelope(FieldKind::Bytes, v) {
                         Some(sealed) if reveal => {
-                            let plain = unwrapped.get(&sealed.key_id).and_then(|k| {
-                                envelope::unseal(k, &sealed, topic, envelope::WHOLE_VALUE)
-                            });
+                            let plain = unwrapped
+                                .get(&sealed.key_id)
+                                .and_then(|k| k.open(&sealed, &whole_aad));
                             let outcome = match plain {
                                 Some(plain) => {
                                     edit.get_or_insert_with(fresh).value = Some(plain.to_vec());
@@ -1057,8 +1065,7 @@ fn reveal_batches(
                             current,
                             unwrapped,
                             token_keys.get(&i),
-                            topic,
-                            &texts[i],
+                            &aads[i],
                         );
                         if let Some(outcome) = outcome {
                             *counts.entry((i, outcome)).or_default() += 1;
@@ -1105,10 +1112,9 @@ fn reveal_field(
     plan: FetchPlan,
     kind: FieldKind,
     current: &[u8],
-    unwrapped: &HashMap<KeyId, Zeroizing<[u8; DATA_KEY_LEN]>>,
+    unwrapped: &HashMap<KeyId, envelope::Opener>,
     token_key: Option<&Zeroizing<[u8; DATA_KEY_LEN]>>,
-    topic: &str,
-    path: &str,
+    aad: &[u8],
 ) -> (Option<Vec<u8>>, Option<&'static str>) {
     if let FetchPlan::RevealToken = plan {
         return match token_key.and_then(|k| envelope::open_token(k, kind, current)) {
@@ -1140,7 +1146,7 @@ fn reveal_field(
         (FetchPlan::Reveal | FetchPlan::Mask(_), Some(sealed)) => {
             let plain = unwrapped
                 .get(&sealed.key_id)
-                .and_then(|key| envelope::unseal(key, &sealed, topic, path));
+                .and_then(|key| key.open(&sealed, aad));
             match (plain, plan) {
                 (Some(plain), FetchPlan::Reveal) => {
                     if kind == FieldKind::String && std::str::from_utf8(&plain).is_err() {
