@@ -5,7 +5,8 @@ use wire_guard::cli::Args;
 
 /// mimalloc rather than the system allocator: the record path allocates and frees buffers of
 /// every size per batch, and glibc's malloc turns the large ones into fresh pages (page faults)
-/// on every request.
+/// on every request. Built without transparent huge pages (see the workspace manifest), so
+/// resident memory follows what connections and batches hold.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
