@@ -211,13 +211,25 @@ def run_round(args, rnd_no: int, run_id: str, broker: wg.Broker, registry: Regis
         proxy_of = {"produce_passthrough": passthrough, "produce_encrypt": protecting,
                     "produce_tokenize": protecting, "produce_sign": protecting,
                     "consume_passthrough": passthrough, "consume_masked": protecting}
+        def metered(row: str, run) -> dict:
+            """`run()` with the CPU each process spent on it, per record."""
+            proxy = proxy_of.get(row)
+            before = (cpu_seconds(proxy.pid) if proxy else 0.0, cpu_seconds(broker.pid),
+                      time.process_time())
+            r = run()
+            after = (cpu_seconds(proxy.pid) if proxy else 0.0, cpu_seconds(broker.pid),
+                     time.process_time())
+            n = max(r["records"], 1)
+            if proxy:
+                r["proxy_cpu_us_per_record"] = 1e6 * (after[0] - before[0]) / n
+            r["broker_cpu_us_per_record"] = 1e6 * (after[1] - before[1]) / n
+            r["client_cpu_us_per_record"] = 1e6 * (after[2] - before[2]) / n
+            return r
+
         for row in order:
             pool = framed(ids[row], pool_bodies)
-            cpu = cpu_seconds(proxy_of[row].pid) if row in proxy_of else None
-            r = produce_run(via[row], topics[row], args.records, pool, pool[:2], "none", t(180.0))
-            if cpu is not None:
-                r["proxy_cpu_us_per_record"] = (
-                    1e6 * (cpu_seconds(proxy_of[row].pid) - cpu) / max(r["records"], 1))
+            r = metered(row, lambda: produce_run(via[row], topics[row], args.records, pool,
+                                                 pool[:2], "none", t(180.0)))
             out["rows"][row] = r
             print("  round %d %-20s %7.1f MB/s" % (rnd_no, row, r["mb_per_s"]), flush=True)
         out["kms_calls"] = kms_calls(protecting) - calls_before
@@ -236,11 +248,7 @@ def run_round(args, rnd_no: int, run_id: str, broker: wg.Broker, registry: Regis
         order = list(CONSUME) if rnd_no % 2 == 0 else list(reversed(CONSUME))
         for row in order:
             bootstrap, topic, n = reads[row]
-            cpu = cpu_seconds(proxy_of[row].pid) if row in proxy_of else None
-            r = consume_run(bootstrap, topic, args.partitions, n, t(180.0))
-            if cpu is not None:
-                r["proxy_cpu_us_per_record"] = (
-                    1e6 * (cpu_seconds(proxy_of[row].pid) - cpu) / max(r["records"], 1))
+            r = metered(row, lambda: consume_run(bootstrap, topic, args.partitions, n, t(180.0)))
             out["rows"][row] = r
             print("  round %d %-20s %7.1f MB/s" % (rnd_no, row, r["mb_per_s"]), flush=True)
         out["protecting_vmhwm_kib"] = protecting.vmhwm_kib()
@@ -261,10 +269,14 @@ def summarize(rounds: List[dict]) -> dict:
                   if row in r["rows"] and base in r["rows"]]
         to_direct = [r["rows"][row]["mb_per_s"] / r["rows"][direct]["mb_per_s"] for r in rounds
                      if row in r["rows"] and direct in r["rows"]]
-        cpu = [r["rows"][row]["proxy_cpu_us_per_record"] for r in rounds
-               if "proxy_cpu_us_per_record" in r["rows"].get(row, {})]
+        def cpu(of: str) -> Optional[float]:
+            got = [r["rows"][row][of] for r in rounds if of in r["rows"].get(row, {})]
+            return median(got) if got else None
+
         rows[row] = {"mb_per_s": median(mbs), "vs_passthrough": median(ratios),
-                     "proxy_cpu_us_per_record": median(cpu) if cpu else None,
+                     "proxy_cpu_us_per_record": cpu("proxy_cpu_us_per_record"),
+                     "broker_cpu_us_per_record": cpu("broker_cpu_us_per_record"),
+                     "client_cpu_us_per_record": cpu("client_cpu_us_per_record"),
                      "vs_passthrough_range": [min(ratios), max(ratios)] if ratios else None,
                      "vs_direct": median(to_direct)}
     calls = sum(r["kms_calls"] for r in rounds)
@@ -283,9 +295,10 @@ def render(report: dict) -> str:
                  report["command"], report["machine_text"], report["versions"]["tree"],
                  report["versions"]["kafka"], len(report["rounds"]), report["args"]["records"],
                  report["args"]["record_bytes"], report["args"]["partitions"], report["started_at"]),
-             "", "wire-guard CPU: utime + stime of the row's wire-guard (/proc/<pid>/stat) over the "
-             "row, per record (warm-up records included), median over rounds.", "",
-             "| row | MB/s (median) | vs passthrough (median, range) | vs direct | wire-guard CPU µs/record | target | verdict |",
+             "", "CPU µs/record: utime + stime of the row's wire-guard and of the broker "
+             "(/proc/<pid>/stat), and the client's process time (librdkafka's threads included), "
+             "over the row, per record (warm-up records included), median over rounds.", "",
+             "| row | MB/s (median) | vs passthrough (median, range) | vs direct | CPU µs/record: wire-guard, broker, client | target | verdict |",
              "|---|---:|---:|---:|---:|---|---|"]
     for row in PRODUCE + CONSUME:
         e = s["rows"][row]
@@ -294,10 +307,11 @@ def render(report: dict) -> str:
             target = ">= %.2fx passthrough" % TARGET_PRODUCE
             verdict = "met" if e["vs_passthrough"] >= TARGET_PRODUCE else "missed"
         rng = e["vs_passthrough_range"]
-        cpu = e.get("proxy_cpu_us_per_record")
+        cpu = ", ".join("%.2f" % e[k] if e.get(k) is not None else "—" for k in (
+            "proxy_cpu_us_per_record", "broker_cpu_us_per_record", "client_cpu_us_per_record"))
         lines.append("| %s | %.1f | %.3fx (%.3f-%.3f) | %.3fx | %s | %s | %s |" % (
             LABELS[row], e["mb_per_s"], e["vs_passthrough"], rng[0], rng[1], e["vs_direct"],
-            "%.2f" % cpu if cpu is not None else "—", target, verdict))
+            cpu, target, verdict))
     kms = s["kms_calls_per_1000_records"]
     lines.append("| KMS calls per 1000 records protected | %.3f (%d calls, %d fields) | | | | < 1 | %s |"
                  % (kms, s["kms_calls"], s["fields_protected"], "met" if kms < 1 else "missed"))

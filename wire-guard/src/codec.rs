@@ -67,7 +67,7 @@ pub fn encode_response<M: Encodable>(
     size_hint: usize,
 ) -> Result<Frame, Error> {
     let header_version = key.response_header_version(version);
-    frame::build(size_hint, |buf| {
+    frame::build(encoded_size(body, version, size_hint), |buf| {
         header.encode(buf, header_version)?;
         body.encode(buf, version)
     })
@@ -77,6 +77,15 @@ pub fn encode_response<M: Encodable>(
         version,
         reason: format!("cannot re-encode: {e}"),
     })
+}
+
+/// The buffer to reserve for `body` and its header: a message rewritten larger than it came
+/// (protected fields) would otherwise be copied again as the buffer grows.
+fn encoded_size<M: Encodable>(body: &M, version: i16, size_hint: usize) -> usize {
+    // Headers are a few dozen bytes; a longer one (a long client id) only grows the buffer.
+    const HEADER_ROOM: usize = 256;
+    body.compute_size(version)
+        .map_or(size_hint, |size| size.saturating_add(HEADER_ROOM))
 }
 
 /// Decodes a client's request: its header and body.
@@ -106,7 +115,7 @@ pub fn encode_request<M: Encodable>(
     version: i16,
     size_hint: usize,
 ) -> Result<Frame, Error> {
-    frame::build(size_hint, |buf| {
+    frame::build(encoded_size(body, version, size_hint), |buf| {
         header.encode(buf, key.request_header_version(version))?;
         body.encode(buf, version)
     })

@@ -799,7 +799,8 @@ fn protect_batches(
                     }
                 }
                 let mut used = vec![false; fields.len()];
-                let edited = schema.edit_fields(payload, &paths, |local, kind, current| {
+                let head = &value[..value.len() - payload.len()];
+                let edited = schema.edit_fields(head, payload, &paths, |local, kind, current| {
                     let i = mine[local];
                     let new = match &keys[i] {
                         ProduceKey::Seal { sealer, .. } => {
@@ -823,9 +824,7 @@ fn protect_batches(
                     Err(EditError::Edit(e)) => return Err(refuse(e.to_string())),
                 };
                 if let Some(edited) = edited {
-                    let mut whole = value[..value.len() - payload.len()].to_vec();
-                    whole.extend_from_slice(&edited);
-                    new_value = Some(whole);
+                    new_value = Some(edited);
                     for (k, used) in keys.iter().zip(&used) {
                         if let (ProduceKey::Seal { header, .. }, true) = (k, used) {
                             headers.push((KEY_HEADER.as_bytes().to_vec(), header.clone()));
@@ -895,7 +894,12 @@ fn protect_batches(
                     ),
                 ));
             }
-            out.extend_from_slice(&rewritten);
+            // A produced record set is mostly one batch: its rewrite becomes the set, uncopied.
+            if out.is_empty() {
+                out = rewritten;
+            } else {
+                out.extend_from_slice(&rewritten);
+            }
         }
     }
     Ok((Bytes::from(out), counts))
@@ -1057,29 +1061,24 @@ fn reveal_batches(
                     let mine = selection.for_schema(id);
                     let paths: Vec<&shared::policy::FieldPath> =
                         mine.iter().map(|&i| &selection.fields[i].path).collect();
-                    let edited = schema.edit_fields(payload, &paths, |local, kind, current| {
-                        let i = mine[local];
-                        let (new, outcome) = reveal_field(
-                            plan[i],
-                            kind,
-                            current,
-                            unwrapped,
-                            token_keys.get(&i),
-                            &aads[i],
-                        );
-                        if let Some(outcome) = outcome {
-                            *counts.entry((i, outcome)).or_default() += 1;
-                        }
-                        Ok::<_, std::convert::Infallible>(new)
-                    });
-                    match edited {
-                        Ok(Some(new_payload)) => {
-                            let mut new = value[..value.len() - payload.len()].to_vec();
-                            new.extend_from_slice(&new_payload);
-                            Some(new)
-                        }
-                        _ => None,
-                    }
+                    let head = &value[..value.len() - payload.len()];
+                    let edited =
+                        schema.edit_fields(head, payload, &paths, |local, kind, current| {
+                            let i = mine[local];
+                            let (new, outcome) = reveal_field(
+                                plan[i],
+                                kind,
+                                current,
+                                unwrapped,
+                                token_keys.get(&i),
+                                &aads[i],
+                            );
+                            if let Some(outcome) = outcome {
+                                *counts.entry((i, outcome)).or_default() += 1;
+                            }
+                            Ok::<_, std::convert::Infallible>(new)
+                        });
+                    edited.ok().flatten()
                 });
                 if let Some(new) = revealed {
                     edit.get_or_insert_with(fresh).value = Some(new);

@@ -292,73 +292,133 @@ pub struct RecordEdit {
     pub drop: bool,
 }
 
+impl RecordEdit {
+    /// An upper bound on the bytes of what the edit writes, the new value included.
+    fn bytes(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 10)
+            .sum();
+        self.key.as_ref().map_or(0, Vec::len)
+            + self.value.as_ref().map_or(0, Vec::len)
+            + headers
+            + 20
+    }
+}
+
 impl Batch {
     /// Encodes the batch again with the values and headers `edits` give (`None`: the record as
     /// it was), keeping everything else: base offset, offset deltas, producer id, epoch and
     /// sequence, timestamps, attributes and codec. Used where records keep their place:
     /// protecting fields on produce, revealing them on fetch.
     pub fn rewrite(&self, edits: &[Option<RecordEdit>]) -> Result<Vec<u8>, RecordError> {
-        let mut records = Vec::with_capacity(self.data.len() + edits.len() * 64);
-        let mut body = Vec::new();
-        let mut count: i32 = 0;
-        for (i, record) in self.records.iter().enumerate() {
-            if let Some(Some(RecordEdit { drop: true, .. })) = edits.get(i) {
-                continue;
+        let grown: usize = edits
+            .iter()
+            .zip(&self.records)
+            .filter_map(|(edit, record)| {
+                let old = record.value.as_ref().map_or(0, Range::len);
+                edit.as_ref().map(|e| e.bytes().saturating_sub(old))
+            })
+            .sum();
+        let mut out = Vec::with_capacity(HEADER_LEN + self.data.len() + grown);
+        out.resize(HEADER_LEN, 0);
+        // Uncompressed records are written where they go; others are compressed first.
+        let count = match self.codec() {
+            Codec::None => self.write_records(edits, &mut out),
+            codec => {
+                let mut records = Vec::with_capacity(self.data.len() + grown);
+                let count = self.write_records(edits, &mut records);
+                out.extend_from_slice(&codec.compress(&records)?);
+                count
             }
-            count += 1;
-            let Some(Some(edit)) = edits.get(i) else {
-                let start = record.head.start;
-                // The length prefix is not kept in the ranges: write it again.
-                varint::write_i64(&mut records, (record.tail.end - start) as i64);
-                records.extend_from_slice(&self.data[start..record.tail.end]);
-                continue;
-            };
-            body.clear();
-            body.extend_from_slice(&self.data[record.head.clone()]);
-            varint::write_i32(&mut body, record.offset_delta);
-            match &edit.key {
-                Some(key) => put_bytes(&mut body, Some(key)),
-                None => put_bytes(
-                    &mut body,
-                    record.key.as_ref().map(|k| &self.data[k.clone()]),
-                ),
-            }
-            put_bytes(&mut body, edit.value.as_deref());
-            varint::write_i64(
-                &mut body,
-                (record.headers.len() + edit.headers.len()) as i64,
-            );
-            for h in &record.headers {
-                put_bytes(&mut body, Some(&self.data[h.key.clone()]));
-                put_bytes(&mut body, h.value.as_ref().map(|v| &self.data[v.clone()]));
-            }
-            for (k, v) in &edit.headers {
-                put_bytes(&mut body, Some(k));
-                put_bytes(&mut body, Some(v));
-            }
-            varint::write_i64(&mut records, body.len() as i64);
-            records.extend_from_slice(&body);
+        };
+        let batch_length = (out.len() - LOG_OVERHEAD) as i32;
+        let mut header = &mut out[..HEADER_LEN];
+        for part in [
+            &self.base_offset.to_be_bytes()[..],
+            &batch_length.to_be_bytes(),
+            &self.partition_leader_epoch.to_be_bytes(),
+            &[2],
+            &[0; 4],
+            &self.attributes.to_be_bytes(),
+            &self.last_offset_delta.to_be_bytes(),
+            &self.base_timestamp.to_be_bytes(),
+            &self.max_timestamp.to_be_bytes(),
+            &self.producer_id.to_be_bytes(),
+            &self.producer_epoch.to_be_bytes(),
+            &self.base_sequence.to_be_bytes(),
+            &count.to_be_bytes(),
+        ] {
+            let (this, rest) = header.split_at_mut(part.len());
+            this.copy_from_slice(part);
+            header = rest;
         }
-        let compressed = self.codec().compress(&records)?;
-        let mut out = Vec::with_capacity(HEADER_LEN + compressed.len());
-        out.extend_from_slice(&self.base_offset.to_be_bytes());
-        let batch_length = (HEADER_LEN - LOG_OVERHEAD + compressed.len()) as i32;
-        out.extend_from_slice(&batch_length.to_be_bytes());
-        out.extend_from_slice(&self.partition_leader_epoch.to_be_bytes());
-        out.push(2);
-        out.extend_from_slice(&[0; 4]);
-        out.extend_from_slice(&self.attributes.to_be_bytes());
-        out.extend_from_slice(&self.last_offset_delta.to_be_bytes());
-        out.extend_from_slice(&self.base_timestamp.to_be_bytes());
-        out.extend_from_slice(&self.max_timestamp.to_be_bytes());
-        out.extend_from_slice(&self.producer_id.to_be_bytes());
-        out.extend_from_slice(&self.producer_epoch.to_be_bytes());
-        out.extend_from_slice(&self.base_sequence.to_be_bytes());
-        out.extend_from_slice(&count.to_be_bytes());
-        out.extend_from_slice(&compressed);
         let crc = crc32c::crc32c(&out[CRC_START..]);
         out[17..21].copy_from_slice(&crc.to_be_bytes());
         Ok(out)
+    }
+
+    /// Appends the records, edited, to `out`; returns how many were written.
+    fn write_records(&self, edits: &[Option<RecordEdit>], out: &mut Vec<u8>) -> i32 {
+        let mut count: i32 = 0;
+        for (i, record) in self.records.iter().enumerate() {
+            let edit = match edits.get(i) {
+                Some(Some(RecordEdit { drop: true, .. })) => continue,
+                Some(Some(edit)) => edit,
+                _ => {
+                    count += 1;
+                    let start = record.head.start;
+                    // The length prefix is not kept in the ranges: write it again.
+                    varint::write_i64(out, (record.tail.end - start) as i64);
+                    out.extend_from_slice(&self.data[start..record.tail.end]);
+                    continue;
+                }
+            };
+            count += 1;
+            let key = match &edit.key {
+                Some(key) => Some(&key[..]),
+                None => record.key.as_ref().map(|k| &self.data[k.clone()]),
+            };
+            let header_count = (record.headers.len() + edit.headers.len()) as i64;
+            let own_headers: usize = record
+                .headers
+                .iter()
+                .map(|h| {
+                    bytes_len(Some(&self.data[h.key.clone()]))
+                        + bytes_len(h.value.as_ref().map(|v| &self.data[v.clone()]))
+                })
+                .sum();
+            let added_headers: usize = edit
+                .headers
+                .iter()
+                .map(|(k, v)| bytes_len(Some(k)) + bytes_len(Some(v)))
+                .sum();
+            let length = record.head.len()
+                + varint::len_i64(i64::from(record.offset_delta))
+                + bytes_len(key)
+                + bytes_len(edit.value.as_deref())
+                + varint::len_i64(header_count)
+                + own_headers
+                + added_headers;
+            varint::write_i64(out, length as i64);
+            let start = out.len();
+            out.extend_from_slice(&self.data[record.head.clone()]);
+            varint::write_i32(out, record.offset_delta);
+            put_bytes(out, key);
+            put_bytes(out, edit.value.as_deref());
+            varint::write_i64(out, header_count);
+            for h in &record.headers {
+                put_bytes(out, Some(&self.data[h.key.clone()]));
+                put_bytes(out, h.value.as_ref().map(|v| &self.data[v.clone()]));
+            }
+            for (k, v) in &edit.headers {
+                put_bytes(out, Some(k));
+                put_bytes(out, Some(v));
+            }
+            debug_assert_eq!(out.len() - start, length);
+        }
+        count
     }
 }
 
@@ -448,6 +508,14 @@ pub struct OwnedRecord {
     pub key: Option<Vec<u8>>,
     pub value: Option<Vec<u8>>,
     pub headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+/// How many bytes [`put_bytes`] writes.
+fn bytes_len(bytes: Option<&[u8]>) -> usize {
+    match bytes {
+        None => 1,
+        Some(b) => varint::len_i64(b.len() as i64) + b.len(),
+    }
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: Option<&[u8]>) {

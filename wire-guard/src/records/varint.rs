@@ -45,9 +45,37 @@ pub fn write_i32(out: &mut Vec<u8>, v: i32) {
     write_i64(out, i64::from(v));
 }
 
+/// How many bytes [`write_i64`] writes for `v`.
+pub fn len_i64(v: i64) -> usize {
+    let z = ((v << 1) ^ (v >> 63)) as u64;
+    (64 - (z | 1).leading_zeros() as usize).div_ceil(7)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encoded_length_is_known_before_writing() {
+        for v in [
+            0i64,
+            1,
+            -1,
+            63,
+            -64,
+            64,
+            -65,
+            8191,
+            8192,
+            i64::from(i32::MAX),
+            i64::MIN,
+            i64::MAX,
+        ] {
+            let mut out = Vec::new();
+            write_i64(&mut out, v);
+            assert_eq!(len_i64(v), out.len(), "{v}");
+        }
+    }
 
     #[test]
     fn round_trips_edges() {

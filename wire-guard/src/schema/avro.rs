@@ -177,6 +177,7 @@ impl AvroSchema {
     /// See [`super::CompiledSchema::edit_fields`].
     pub(crate) fn edit_fields<E>(
         &self,
+        head: &[u8],
         payload: &[u8],
         paths: &[&FieldPath],
         mut edit: impl FnMut(usize, FieldKind, &[u8]) -> Result<Option<Vec<u8>>, E>,
@@ -202,24 +203,30 @@ impl AvroSchema {
             .track
             .map(|t| t.into_inner().found)
             .unwrap_or_default();
-        let mut out: Option<Vec<u8>> = None;
-        let mut copied = 0;
+        let mut replaced = Vec::with_capacity(found.len());
         for (index, range, kind) in found {
             let mut content = &payload[range.clone()];
             let value = length_prefixed(&mut content).map_err(EditError::Shape)?;
-            let Some(replacement) = edit(index, kind, value).map_err(EditError::Edit)? else {
-                continue;
-            };
-            let out = out.get_or_insert_with(|| Vec::with_capacity(payload.len() + 64));
+            if let Some(replacement) = edit(index, kind, value).map_err(EditError::Edit)? {
+                replaced.push((range, replacement));
+            }
+        }
+        if replaced.is_empty() {
+            return Ok(None);
+        }
+        // A length prefix takes at most 10 bytes.
+        let grown: usize = replaced.iter().map(|(_, r)| r.len() + 10).sum();
+        let mut out = Vec::with_capacity(head.len() + payload.len() + grown);
+        out.extend_from_slice(head);
+        let mut copied = 0;
+        for (range, replacement) in replaced {
             out.extend_from_slice(&payload[copied..range.start]);
-            write_long(out, replacement.len() as i64);
+            write_long(&mut out, replacement.len() as i64);
             out.extend_from_slice(&replacement);
             copied = range.end;
         }
-        Ok(out.map(|mut out| {
-            out.extend_from_slice(&payload[copied..]);
-            out
-        }))
+        out.extend_from_slice(&payload[copied..]);
+        Ok(Some(out))
     }
 }
 
@@ -422,6 +429,12 @@ impl<'s> Decoder<'s> {
         Ok(datum)
     }
 
+    /// `datum()` when the caller wants values; otherwise nothing is built (a walk that only
+    /// checks or locates fields allocates nothing per value).
+    fn keep_with(&self, datum: impl FnOnce() -> Datum) -> Datum {
+        if self.want { datum() } else { Datum::Null }
+    }
+
     fn enter(&self, name: &'s str) {
         if let Some(track) = &self.track {
             track.borrow_mut().path.push(name);
@@ -491,11 +504,14 @@ impl<'s> Decoder<'s> {
                     Vec::new()
                 }))
             }
-            Schema::String => keep(Datum::String(utf8(length_prefixed(rest)?)?.to_owned())),
+            Schema::String => {
+                let text = utf8(length_prefixed(rest)?)?;
+                self.keep_with(|| Datum::String(text.to_owned()))
+            }
             Schema::Uuid(UuidSchema::String) => {
                 let text = utf8(length_prefixed(rest)?)?;
                 Uuid::parse_str(text).map_err(|e| format!("{text:?} is not a UUID: {e}"))?;
-                keep(Datum::String(text.to_owned()))
+                self.keep_with(|| Datum::String(text.to_owned()))
             }
             Schema::Fixed(fixed)
             | Schema::Duration(fixed)
@@ -503,7 +519,10 @@ impl<'s> Decoder<'s> {
             | Schema::Decimal(apache_avro::schema::DecimalSchema {
                 inner: InnerDecimalSchema::Fixed(fixed),
                 ..
-            }) => keep(Datum::Fixed(take(rest, fixed.size)?.to_vec())),
+            }) => {
+                let bytes = take(rest, fixed.size)?;
+                self.keep_with(|| Datum::Fixed(bytes.to_vec()))
+            }
             Schema::Enum(enumeration) => {
                 let index = varint(rest)?;
                 let symbol = usize::try_from(index)
@@ -512,7 +531,7 @@ impl<'s> Decoder<'s> {
                     .ok_or_else(|| {
                         format!("enum {} has no symbol {index}", enumeration.name.name())
                     })?;
-                keep(Datum::Enum(symbol.clone()))
+                self.keep_with(|| Datum::Enum(symbol.clone()))
             }
             Schema::Ref { .. } => self.value(self.deref(schema, ns)?, ns, rest, depth)?,
             Schema::Union(union) => {
@@ -546,7 +565,7 @@ impl<'s> Decoder<'s> {
                         fields.push((field.name.clone(), value));
                     }
                 }
-                keep(Datum::Record {
+                self.keep_with(|| Datum::Record {
                     name: full_name.fullname(None),
                     fields,
                 })
@@ -569,12 +588,11 @@ impl<'s> Decoder<'s> {
                 let mut entries = Vec::new();
                 self.enter("[]");
                 let walked = blocks(rest, |rest| {
-                    let key = utf8(length_prefixed(rest)?)
-                        .map_err(|why| format!("map key: {why}"))?
-                        .to_owned();
+                    let key =
+                        utf8(length_prefixed(rest)?).map_err(|why| format!("map key: {why}"))?;
                     let value = self.value(&map.types, ns, rest, depth + 1)?;
                     if self.want {
-                        entries.push((key, value));
+                        entries.push((key.to_owned(), value));
                     }
                     Ok(())
                 });

@@ -50,17 +50,19 @@ impl CompiledSchema {
     /// Rewrites the fields at `paths` in `payload` (the bytes after the 5-byte Confluent
     /// header). `edit(i, kind, current)` is called for each field present (a null or absent
     /// optional field is skipped) with the index of its path; it returns the replacement, or
-    /// `None` to keep the field. Returns the new payload, or `None` when nothing changed.
+    /// `None` to keep the field. Returns `head` (the Confluent header) and the new payload in
+    /// one buffer, or `None` when nothing changed.
     pub fn edit_fields<E>(
         &self,
+        head: &[u8],
         payload: &[u8],
         paths: &[&FieldPath],
         edit: impl FnMut(usize, FieldKind, &[u8]) -> Result<Option<Vec<u8>>, E>,
     ) -> Result<Option<Vec<u8>>, EditError<E>> {
         match &self.decoder {
-            Decoder::Avro(schema) => schema.edit_fields(payload, paths, edit),
-            Decoder::Json(_) => super::json::edit_fields(payload, paths, edit),
-            Decoder::Protobuf(schema) => schema.edit_fields(payload, paths, edit),
+            Decoder::Avro(schema) => schema.edit_fields(head, payload, paths, edit),
+            Decoder::Json(_) => super::json::edit_fields(head, payload, paths, edit),
+            Decoder::Protobuf(schema) => schema.edit_fields(head, payload, paths, edit),
         }
     }
 }

@@ -110,6 +110,7 @@ impl JsonSchema {
 /// See [`super::CompiledSchema::edit_fields`]: JSON values hold text only, so every protected
 /// member must be a string (or null, or absent).
 pub(crate) fn edit_fields<E>(
+    head: &[u8],
     payload: &[u8],
     paths: &[&FieldPath],
     mut edit: impl FnMut(usize, FieldKind, &[u8]) -> Result<Option<Vec<u8>>, E>,
@@ -167,8 +168,10 @@ pub(crate) fn edit_fields<E>(
     if !changed {
         return Ok(None);
     }
-    serde_json::to_vec(&document)
-        .map(Some)
+    let mut out = Vec::with_capacity(head.len() + payload.len() + 64);
+    out.extend_from_slice(head);
+    serde_json::to_writer(&mut out, &document)
+        .map(|()| Some(out))
         .map_err(|e| EditError::Shape(format!("writing the document back: {e}")))
 }
 

@@ -161,6 +161,7 @@ impl ProtobufSchema {
     /// See [`super::CompiledSchema::edit_fields`].
     pub(crate) fn edit_fields<E>(
         &self,
+        head: &[u8],
         payload: &[u8],
         paths: &[&FieldPath],
         mut edit: impl FnMut(usize, FieldKind, &[u8]) -> Result<Option<Vec<u8>>, E>,
@@ -223,7 +224,9 @@ impl ProtobufSchema {
             return Ok(None);
         }
         let prefix = &payload[..payload.len() - body.len()];
-        let mut out = prefix.to_vec();
+        let mut out = Vec::with_capacity(head.len() + payload.len() + 64);
+        out.extend_from_slice(head);
+        out.extend_from_slice(prefix);
         prost_reflect::prost::Message::encode(&message, &mut out)
             .map_err(|e| EditError::Shape(format!("encoding the message again: {e}")))?;
         Ok(Some(out))
