@@ -99,6 +99,13 @@ impl TopicRule {
         !self.fields.is_empty() || !self.tagged.is_empty()
     }
 
+    /// Whether what the broker stores differs from what producers send in content, not only
+    /// in added headers: fields, keys or values encrypted, tokenized or masked (signing alone
+    /// hides nothing).
+    pub fn hides_content(&self) -> bool {
+        self.selects_fields() || self.encrypt_key.is_some() || self.encrypt_value.is_some()
+    }
+
     /// Whether the rule protects the topic's records: fields or signatures.
     pub fn protects(&self) -> bool {
         !self.fields.is_empty()

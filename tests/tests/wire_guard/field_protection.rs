@@ -989,6 +989,118 @@ async fn a_batch_protection_grows_past_the_broker_limit_is_refused_as_too_large(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_records_of_a_protected_topic_are_refused_not_dead_lettered_in_the_clear()
+-> anyhow::Result<()> {
+    use wire_guard::login::{Credentials, Mechanism};
+    let run = run_id();
+    let dir = tempfile::tempdir()?;
+    let keyring = keyring(dir.path())?;
+    let registry = Registry::start().await?;
+    let (protected, plain, dlq) = (
+        format!("fp-dlq-customers-{run}"),
+        format!("fp-dlq-orders-{run}"),
+        format!("fp-dlq-{run}"),
+    );
+    let mut ids = Vec::new();
+    for topic in [&protected, &plain] {
+        ids.push(
+            registry
+                .register(&format!("{topic}-value"), json!({ "schema": CUSTOMER }))
+                .await?,
+        );
+    }
+    let direct = broker::shared().endpoint().bootstrap;
+    create_topics(&direct, &[(&protected, 1), (&plain, 1), (&dlq, 1)]).await?;
+    // As in the demo: one rule checks both topics and dead-letters what fails; another adds
+    // the fields of one of them.
+    let policy = format!(
+        r#"topics:
+  - id: checks
+    match: ["{protected}", "{plain}"]
+    value: {{ schema: required, on_invalid: {{ dead_letter: "{dlq}" }} }}
+  - id: customers
+    match: ["{protected}"]
+    value: {{ schema: required }}
+    fields:
+      - {{ path: "$.card.number", action: encrypt, key: "local:pii", reveal_to: ["user:alice"] }}
+"#
+    );
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies)?;
+    std::fs::write(policies.join("fields.yaml"), policy)?;
+    // On this SASL listener dead letters are written under wire-guard's own login.
+    let (dlq_user, dlq_password) = broker::USERS[2];
+    let kafka = tokio::task::spawn_blocking(broker::shared).await?;
+    let url = registry.url.clone();
+    let proxy = InProcess::start(
+        &kafka.endpoint_of(kafka.listeners.sasl_plaintext),
+        move |c| {
+            c.policies = Some(policies);
+            c.schema_registry = Some(RegistryConfig::new(url));
+            c.kms = Some(local_kms(&keyring));
+            c.dead_letter_login = Some(Credentials {
+                mechanism: Mechanism::ScramSha512,
+                username: dlq_user.into(),
+                password: dlq_password.into(),
+            });
+        },
+    )
+    .await?;
+    // A record whose payload breaks off after the card number: invalid, and holding one.
+    let mut broken = Vec::new();
+    avro_string(&mut broken, "c-1");
+    avro_string(&mut broken, CARD);
+    for (topic, id) in [&protected, &plain].into_iter().zip(&ids) {
+        let file = payload_file(
+            dir.path(),
+            topic,
+            "none",
+            true,
+            &[Out::value(0, framed(*id, &broken))],
+        )?;
+        let result = produce("confluent", &proxy.bootstrap(), &file, &args(&login("bob"))).await?;
+        if topic == &protected {
+            let failed = result["failed"].as_array().cloned().unwrap_or_default();
+            assert_eq!(failed.len(), 1, "{result}");
+            assert!(
+                failed[0]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("INVALID_RECORD")),
+                "{result}"
+            );
+        } else {
+            assert_eq!(
+                result["delivered"], 1,
+                "dead-lettered, so delivered: {result}"
+            );
+        }
+    }
+    // Only the unprotected topic's record reached the dead-letter topic; nothing reached the
+    // protected topic.
+    let dead = read_topic(&direct, &dlq, 1).await?;
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    let origin = dead[0]
+        .headers
+        .iter()
+        .find(|(k, _)| k == "wire-guard.topic")
+        .and_then(|(_, v)| v.clone())
+        .unwrap_or_default();
+    assert_eq!(String::from_utf8_lossy(&origin), plain, "{dead:#?}");
+    assert!(read_topic(&direct, &protected, 0).await?.is_empty());
+    let metrics = proxy.metrics().await?;
+    assert_eq!(
+        metric(
+            &metrics,
+            &["wire_guard_records_total", &protected, "rejected"]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    proxy.stop().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fields_selected_by_schema_tag_are_protected_in_every_format() -> anyhow::Result<()> {
     let run = run_id();
     let dir = tempfile::tempdir()?;

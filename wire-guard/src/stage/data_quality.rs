@@ -225,11 +225,13 @@ impl DataQuality {
                     checks.push(async move {
                         let checked = match rule {
                             Some(rule) => {
+                                let hidden = protect.is_some_and(TopicRule::hides_content);
                                 self.partition(
                                     &name,
                                     index,
                                     records.clone(),
                                     rule,
+                                    hidden,
                                     producer,
                                     metrics,
                                     budget,
@@ -295,12 +297,15 @@ impl DataQuality {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// `hidden`: the topic's content is protected (see [`TopicRule::hides_content`]), so its
+    /// invalid records cannot be dead-lettered as produced.
     async fn partition(
         &self,
         topic: &str,
         partition: i32,
         records: Bytes,
         rule: &TopicRule,
+        hidden: bool,
         producer: &Producer<'_>,
         metrics: &Metrics,
         budget: &Budget,
@@ -367,8 +372,10 @@ impl DataQuality {
                 }
             };
         }
-        self.decide(topic, partition, raw, rule, verdicts, producer, metrics)
-            .await
+        self.decide(
+            topic, partition, raw, rule, hidden, verdicts, producer, metrics,
+        )
+        .await
     }
 
     /// Protects the fields `rule` names in what goes upstream for one partition (`raw` when
@@ -435,6 +442,7 @@ impl DataQuality {
         partition: i32,
         raw: Bytes,
         rule: &TopicRule,
+        hidden: bool,
         verdicts: Verdicts,
         producer: &Producer<'_>,
         metrics: &Metrics,
@@ -504,14 +512,25 @@ impl DataQuality {
             }
             Action::DeadLetter(_) => {}
         }
-        if verdicts.batches.iter().any(Batch::is_transactional) {
+        // Invalid records that cannot be moved aside are refused with the rest: a transaction
+        // is all or nothing, and a dead letter would hold protected fields in the clear.
+        let refused = if verdicts.batches.iter().any(Batch::is_transactional) {
+            Some("a transactional batch cannot be split")
+        } else if hidden {
+            Some(
+                "not dead-lettered: the topic's fields are protected, and the dead-letter topic would hold them in the clear",
+            )
+        } else {
+            None
+        };
+        if let Some(why) = refused {
             for &i in &failing {
                 log(i, "rejected");
             }
             metrics.record_outcome(topic, &rule.id, "rejected", failing.len());
             let mut answer = reject(partition, &verdicts, &failing);
             answer.error_message = Some(StrBytes::from_string(format!(
-                "a transactional batch cannot be split; {} invalid record(s): {}",
+                "{why}; {} invalid record(s): {}",
                 failing.len(),
                 verdicts.findings[failing[0]][0].describe()
             )));
