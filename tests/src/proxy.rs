@@ -17,6 +17,17 @@ use crate::{
     stack::{ChildGuard, free_port, wait_for_port},
 };
 
+/// wire-guard's own login for dead-letter writes on the broker's SASL listener: the third of
+/// [`crate::broker::USERS`], over SCRAM-SHA-512.
+pub fn dead_letter_login() -> wire_guard::login::Credentials {
+    let (username, password) = crate::broker::USERS[2];
+    wire_guard::login::Credentials {
+        mechanism: wire_guard::login::Mechanism::ScramSha512,
+        username: username.into(),
+        password: password.into(),
+    }
+}
+
 /// A broker port base under which node `node_id` lands on a port that was just free.
 pub fn broker_port_base(node_id: i32) -> u16 {
     let port = free_port();

@@ -51,11 +51,7 @@ impl FieldRule {
 
     /// Whether the broker holds the field encrypted (and wire-guard decrypts it on fetch).
     pub fn stored_encrypted(&self) -> bool {
-        match self.action {
-            FieldAction::Encrypt => true,
-            FieldAction::Mask { .. } => self.key.is_some(),
-            FieldAction::Tokenize { .. } => false,
-        }
+        self.action.stored_encrypted(self.key.is_some())
     }
 }
 
@@ -179,6 +175,15 @@ pub enum FieldAction {
 }
 
 impl FieldAction {
+    /// Whether a field with this action, given a `key` or not, is held encrypted by the broker.
+    pub fn stored_encrypted(self, keyed: bool) -> bool {
+        match self {
+            FieldAction::Encrypt => true,
+            FieldAction::Mask { .. } => keyed,
+            FieldAction::Tokenize { .. } => false,
+        }
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             FieldAction::Encrypt => "encrypt",

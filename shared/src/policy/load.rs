@@ -527,7 +527,7 @@ fn topic_rule(
         .as_ref()
         .and_then(|r| record_rule(check, r, &topics));
 
-    let fields = match &doc.fields {
+    let (fields, tagged) = match &doc.fields {
         None => (Vec::new(), Vec::new()),
         Some(list) => {
             if doc.value.is_none() && !list.value.is_empty() {
@@ -559,7 +559,6 @@ fn topic_rule(
             (by_path, by_tag)
         }
     };
-    let (fields, tagged) = fields;
 
     let sign = doc.sign.as_ref().and_then(|s| sign_rule(check, s));
     let encrypt_key = doc
@@ -1110,6 +1109,21 @@ mod tests {
         }
     }
 
+    /// `expect` pairs a `:LINE:` with text an error there says; exactly those errors occur.
+    fn assert_errors_at(errors: &[String], expect: &[&str]) {
+        for pair in expect.chunks(2) {
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.contains(pair[0]) && e.contains(pair[1])),
+                "no error at {} saying {:?}: {errors:#?}",
+                pair[0],
+                pair[1]
+            );
+        }
+        assert_eq!(errors.len(), expect.len() / 2, "{errors:#?}");
+    }
+
     const GOOD: &str = "registry:\n  rules:\n    - id: owners\n      principals: [\"group:payments\"]\n      subjects: [\"payments.*\"]\n      operations: [read, write]\n";
 
     #[test]
@@ -1253,38 +1267,29 @@ mod tests {
       - { path: "$.ip", action: mask }
 "#,
         );
-        let errors = errors_of(dir.path());
-        let expect = [
-            ":14:",
-            "does not start with `$.`",
-            ":15:",
-            "did you mean \"encrypt\"",
-            ":16:",
-            "encrypt needs a `key`",
-            ":17:",
-            "a token cannot be revealed",
-            ":18:",
-            "cannot be revealed",
-            ":19:",
-            "unknown scheme \"vault\"",
-            ":20:",
-            "keep_last applies only to action: mask",
-            ":22:",
-            "field $.g is listed twice",
-            ":27:",
-            "protects fields but has no `value` rule",
-        ];
-        for pair in expect.chunks(2) {
-            assert!(
-                errors
-                    .iter()
-                    .any(|e| e.contains(pair[0]) && e.contains(pair[1])),
-                "no error at {} saying {:?}: {errors:#?}",
-                pair[0],
-                pair[1]
-            );
-        }
-        assert_eq!(errors.len(), expect.len() / 2, "{errors:#?}");
+        assert_errors_at(
+            &errors_of(dir.path()),
+            &[
+                ":14:",
+                "does not start with `$.`",
+                ":15:",
+                "did you mean \"encrypt\"",
+                ":16:",
+                "encrypt needs a `key`",
+                ":17:",
+                "a token cannot be revealed",
+                ":18:",
+                "cannot be revealed",
+                ":19:",
+                "unknown scheme \"vault\"",
+                ":20:",
+                "keep_last applies only to action: mask",
+                ":22:",
+                "field $.g is listed twice",
+                ":27:",
+                "protects fields but has no `value` rule",
+            ],
+        );
 
         let one = tempfile::tempdir().unwrap();
         let good = r#"topics:
@@ -1322,30 +1327,21 @@ mod tests {
       - { action: mask }
 "#,
         );
-        let errors = errors_of(dir.path());
-        let expect = [
-            ":6:",
-            "both `path` and `tags`",
-            ":7:",
-            "`tags` is empty",
-            ":8:",
-            "\"has space\" is not a tag name",
-            ":9:",
-            "field tagged PII: a token cannot be revealed",
-            ":10:",
-            "no `path` and no `tags`",
-        ];
-        for pair in expect.chunks(2) {
-            assert!(
-                errors
-                    .iter()
-                    .any(|e| e.contains(pair[0]) && e.contains(pair[1])),
-                "no error at {} saying {:?}: {errors:#?}",
-                pair[0],
-                pair[1]
-            );
-        }
-        assert_eq!(errors.len(), expect.len() / 2, "{errors:#?}");
+        assert_errors_at(
+            &errors_of(dir.path()),
+            &[
+                ":6:",
+                "both `path` and `tags`",
+                ":7:",
+                "`tags` is empty",
+                ":8:",
+                "\"has space\" is not a tag name",
+                ":9:",
+                "field tagged PII: a token cannot be revealed",
+                ":10:",
+                "no `path` and no `tags`",
+            ],
+        );
 
         let one = tempfile::tempdir().unwrap();
         write(

@@ -108,11 +108,7 @@ impl TopicRule {
 
     /// Whether the rule protects the topic's records: fields or signatures.
     pub fn protects(&self) -> bool {
-        !self.fields.is_empty()
-            || !self.tagged.is_empty()
-            || self.sign.is_some()
-            || self.encrypt_key.is_some()
-            || self.encrypt_value.is_some()
+        self.hides_content() || self.sign.is_some()
     }
 }
 

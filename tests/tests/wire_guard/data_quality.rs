@@ -781,7 +781,6 @@ async fn a_hundred_producers_of_1mib_governed_batches_stay_within_the_buffer_bud
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_sasl_cluster_dead_letters_use_wire_guards_own_login_and_name_the_producer()
 -> anyhow::Result<()> {
-    use wire_guard::login::{Credentials, Mechanism};
     let run = run_id();
     let dir = tempfile::tempdir()?;
     let registry = Registry::start().await?;
@@ -800,18 +799,13 @@ async fn on_a_sasl_cluster_dead_letters_use_wire_guards_own_login_and_name_the_p
             "topics:\n  - id: sasl-values\n    match: [\"{topic}\"]\n    principals: [\"user:alice\"]\n    value: {{ schema: required, on_invalid: {{ dead_letter: \"{dlq}\" }} }}\n"
         ),
     )?;
-    let (dlq_user, dlq_password) = broker::USERS[2];
     let url = registry.url.clone();
     let proxy = InProcess::start(
         &kafka.endpoint_of(kafka.listeners.sasl_plaintext),
         move |c| {
             c.policies = Some(policies);
             c.schema_registry = Some(RegistryConfig::new(url));
-            c.dead_letter_login = Some(Credentials {
-                mechanism: Mechanism::ScramSha512,
-                username: dlq_user.into(),
-                password: dlq_password.into(),
-            });
+            c.dead_letter_login = Some(integration_tests::proxy::dead_letter_login());
         },
     )
     .await?;

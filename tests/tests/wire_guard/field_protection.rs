@@ -991,7 +991,6 @@ async fn a_batch_protection_grows_past_the_broker_limit_is_refused_as_too_large(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_records_of_a_protected_topic_are_refused_not_dead_lettered_in_the_clear()
 -> anyhow::Result<()> {
-    use wire_guard::login::{Credentials, Mechanism};
     let run = run_id();
     let dir = tempfile::tempdir()?;
     let keyring = keyring(dir.path())?;
@@ -1028,8 +1027,6 @@ async fn invalid_records_of_a_protected_topic_are_refused_not_dead_lettered_in_t
     let policies = dir.path().join("policies");
     std::fs::create_dir_all(&policies)?;
     std::fs::write(policies.join("fields.yaml"), policy)?;
-    // On this SASL listener dead letters are written under wire-guard's own login.
-    let (dlq_user, dlq_password) = broker::USERS[2];
     let kafka = tokio::task::spawn_blocking(broker::shared).await?;
     let url = registry.url.clone();
     let proxy = InProcess::start(
@@ -1038,11 +1035,8 @@ async fn invalid_records_of_a_protected_topic_are_refused_not_dead_lettered_in_t
             c.policies = Some(policies);
             c.schema_registry = Some(RegistryConfig::new(url));
             c.kms = Some(local_kms(&keyring));
-            c.dead_letter_login = Some(Credentials {
-                mechanism: Mechanism::ScramSha512,
-                username: dlq_user.into(),
-                password: dlq_password.into(),
-            });
+            // On this SASL listener dead letters are written under wire-guard's own login.
+            c.dead_letter_login = Some(integration_tests::proxy::dead_letter_login());
         },
     )
     .await?;

@@ -676,12 +676,7 @@ impl FetchPlan {
                 FetchPlan::Token
             };
         }
-        let stored_encrypted = match action {
-            FieldAction::Encrypt => true,
-            FieldAction::Mask { .. } => keyed,
-            FieldAction::Tokenize { .. } => false,
-        };
-        if !stored_encrypted {
+        if !action.stored_encrypted(keyed) {
             return FetchPlan::Leave;
         }
         if revealed {
@@ -758,7 +753,10 @@ fn protect_batches(
         })
         .collect();
     let mut counts = vec![0u64; fields.len()];
+    let paths_of = selection.paths();
     let mut checked = std::collections::HashSet::new();
+    // Which data keys a record used, for its key headers.
+    let mut used = vec![false; fields.len()];
     let mut out = Vec::new();
     let mut index = 0usize;
     for batch in batches {
@@ -788,19 +786,18 @@ fn protect_batches(
                     return Err(refuse(why.clone()));
                 }
                 let mine = selection.for_schema(id);
-                let paths: Vec<&shared::policy::FieldPath> =
-                    mine.iter().map(|&i| &fields[i].path).collect();
+                let paths = paths_of.get(&id).map_or(&[][..], Vec::as_slice);
                 // A field the schema lacks would pass unprotected: refuse the schema instead.
                 if checked.insert(id) {
-                    for path in &paths {
+                    for path in paths {
                         schema
                             .check_path(path)
                             .map_err(|why| refuse(format!("schema {id}: {why}")))?;
                     }
                 }
-                let mut used = vec![false; fields.len()];
+                used.fill(false);
                 let head = &value[..value.len() - payload.len()];
-                let edited = schema.edit_fields(head, payload, &paths, |local, kind, current| {
+                let edited = schema.edit_fields(head, payload, paths, |local, kind, current| {
                     let i = mine[local];
                     let new = match &keys[i] {
                         ProduceKey::Seal { sealer, .. } => {
@@ -950,6 +947,7 @@ fn reveal_batches(
         .map(|f| envelope::field_aad(topic, &f.path.to_string()))
         .collect();
     let whole_aad = envelope::field_aad(topic, envelope::WHOLE_VALUE);
+    let paths_of = selection.paths();
     let mut counts: Counts = HashMap::new();
     let mut out = Vec::with_capacity(end);
     let mut changed = false;
@@ -1059,11 +1057,10 @@ fn reveal_batches(
                     let (id, payload) = framing::split(value).ok()?;
                     let schema = values.get(&id)?;
                     let mine = selection.for_schema(id);
-                    let paths: Vec<&shared::policy::FieldPath> =
-                        mine.iter().map(|&i| &selection.fields[i].path).collect();
+                    let paths = paths_of.get(&id).map_or(&[][..], Vec::as_slice);
                     let head = &value[..value.len() - payload.len()];
                     let edited =
-                        schema.edit_fields(head, payload, &paths, |local, kind, current| {
+                        schema.edit_fields(head, payload, paths, |local, kind, current| {
                             let i = mine[local];
                             let (new, outcome) = reveal_field(
                                 plan[i],

@@ -95,6 +95,15 @@ impl Selection {
     pub(crate) fn for_schema(&self, id: u32) -> &[usize] {
         self.by_schema.get(&id).map_or(&[], Vec::as_slice)
     }
+
+    /// Per schema id, the paths of [`Self::for_schema`]: computed once per pass, not per
+    /// record.
+    pub(crate) fn paths(&self) -> HashMap<u32, Vec<&FieldPath>> {
+        self.by_schema
+            .iter()
+            .map(|(&id, mine)| (id, mine.iter().map(|&i| &self.fields[i].path).collect()))
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use super::{
     Invalid, Reason,
     datum::Datum,
     fields::{EditError, FieldKind},
-    tags::{MAX_PATH_SEGMENTS, SchemaField, Walk},
+    tags::{At, SchemaField, Walk, child},
 };
 
 /// How deeply values may nest (each record, union, array and map is a level). Real schemas nest
@@ -230,10 +230,6 @@ impl AvroSchema {
     }
 }
 
-/// A union of null and one other type stands for that type; any other union is ambiguous.
-/// Where a field met in a walk is: the path to it, or why no path reaches it.
-type At = Result<Vec<String>, String>;
-
 impl AvroSchema {
     /// Every field reachable from the top of the schema, with its `confluent:tags`, for
     /// selection by tag (see [`super::tags`]). A recursive type's fields are listed once.
@@ -276,16 +272,7 @@ impl AvroSchema {
                 open.push(record_name.clone());
                 let inner_ns = full.namespace();
                 for field in &record.fields {
-                    let field_at: At = at.clone().and_then(|mut segments| {
-                        segments.push(field.name.clone());
-                        if segments.len() > MAX_PATH_SEGMENTS {
-                            Err(format!(
-                                "it is nested deeper than {MAX_PATH_SEGMENTS} levels"
-                            ))
-                        } else {
-                            Ok(segments)
-                        }
-                    });
+                    let field_at = child(at, &field.name);
                     let place = field_at.clone().and_then(|segments| {
                         let path = FieldPath { segments };
                         self.check_path(&path).map(|kind| (path, kind))
@@ -348,6 +335,7 @@ impl AvroSchema {
     }
 }
 
+/// A union of null and one other type stands for that type; any other union is ambiguous.
 fn look_through_optional(schema: Schema, walked: &str) -> Result<Schema, String> {
     match schema {
         Schema::Union(union) => {

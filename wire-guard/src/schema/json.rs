@@ -11,7 +11,7 @@ use super::{
     Invalid, Reason,
     datum::Datum,
     fields::{EditError, FieldKind},
-    tags::{INLINE_PROPERTY, MAX_PATH_SEGMENTS, SchemaField, Walk},
+    tags::{At, INLINE_PROPERTY, MAX_PATH_SEGMENTS, SchemaField, Walk, child},
 };
 
 /// How many violations one message lists; the first few locate the problem.
@@ -175,9 +175,6 @@ pub(crate) fn edit_fields<E>(
         .map_err(|e| EditError::Shape(format!("writing the document back: {e}")))
 }
 
-/// Where a property met in a walk is: the path to it, or why no path reaches it.
-type At = Result<Vec<String>, String>;
-
 /// How many `$ref`s in a row are followed, and how deeply properties nest, in a walk.
 const MAX_REF_HOPS: usize = 16;
 
@@ -282,16 +279,7 @@ fn walk_node(root: &Value, node: &Value, name: &str, at: &At, walk: &mut Walk) -
     if let Some(properties) = node.get("properties").and_then(Value::as_object) {
         for (property, schema) in properties {
             let full_name = format!("{name}.{property}");
-            let field_at: At = at.clone().and_then(|mut segments| {
-                segments.push(property.clone());
-                if segments.len() > MAX_PATH_SEGMENTS {
-                    Err(format!(
-                        "it is nested deeper than {MAX_PATH_SEGMENTS} levels"
-                    ))
-                } else {
-                    Ok(segments)
-                }
-            });
+            let field_at = child(at, property);
             let inline = [schema, resolve(root, schema)]
                 .iter()
                 .filter_map(|s| s.get(INLINE_PROPERTY).and_then(Value::as_array))

@@ -18,7 +18,7 @@ use super::{
     datum::Datum,
     fields::{EditError, FieldKind},
     framing,
-    tags::{MAX_PATH_SEGMENTS, SchemaField, Walk},
+    tags::{At, SchemaField, Walk, child},
 };
 
 /// Confluent's field options, imported by schemas that tag fields; never registered.
@@ -233,10 +233,6 @@ impl ProtobufSchema {
     }
 }
 
-/// The kind of the singular string or bytes field `path` names in `message`.
-/// Where a field met in a walk is: the path to it, or why no path reaches it.
-type At = Result<Vec<String>, String>;
-
 impl ProtobufSchema {
     /// Every field reachable from the schema's first message (the one records select with
     /// index 0, as [`Self::check_path`]), with its `(confluent.field_meta).tags`, for
@@ -302,16 +298,7 @@ fn walk_message(
         } else if field.is_map() {
             Err("it is inside a map".into())
         } else {
-            at.clone().and_then(|mut segments| {
-                segments.push(field.name().to_owned());
-                if segments.len() > MAX_PATH_SEGMENTS {
-                    Err(format!(
-                        "it is nested deeper than {MAX_PATH_SEGMENTS} levels"
-                    ))
-                } else {
-                    Ok(segments)
-                }
-            })
+            child(at, field.name())
         };
         let place = field_at.clone().and_then(|segments| {
             let path = FieldPath { segments };
@@ -355,6 +342,7 @@ fn walk_message(
     true
 }
 
+/// The kind of the singular string or bytes field `path` names in `message`.
 fn field_kind(message: &MessageDescriptor, path: &FieldPath) -> Result<FieldKind, String> {
     let mut message = message.clone();
     let mut walked = String::from("$");

@@ -31,6 +31,23 @@ pub(crate) const MAX_PATH_SEGMENTS: usize = 32;
 /// says so (see [`Walk::truncated`]).
 pub(crate) const MAX_FIELDS: usize = 10_000;
 
+/// Where a field met in a walk is: the path to it, or why no path reaches it.
+pub(crate) type At = Result<Vec<String>, String>;
+
+/// Where the field `name` under `at` is: one segment deeper, within [`MAX_PATH_SEGMENTS`].
+pub(crate) fn child(at: &At, name: &str) -> At {
+    at.clone().and_then(|mut segments| {
+        segments.push(name.to_owned());
+        if segments.len() > MAX_PATH_SEGMENTS {
+            Err(format!(
+                "it is nested deeper than {MAX_PATH_SEGMENTS} levels"
+            ))
+        } else {
+            Ok(segments)
+        }
+    })
+}
+
 /// One field of a schema, as a format's walk finds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SchemaField {
